@@ -1,0 +1,5 @@
+"""`python -m kaito` runs the CLI."""
+
+from kaito.cli.main import app
+
+app()

