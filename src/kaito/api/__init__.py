@@ -1,0 +1,47 @@
+"""The Workspace API (kaito.sh v1alpha1, v1beta1): models, conversion, validation, CRD."""
+
+from kaito.api.errors import FieldError
+from kaito.api.workspace import (
+    GROUP,
+    KIND,
+    STORAGE_VERSION,
+    VERSIONS,
+    AdapterSpec,
+    Condition,
+    DataDestination,
+    DataSource,
+    InferenceSpec,
+    LabelSelector,
+    ObjectMeta,
+    PresetSpec,
+    ResourceSpec,
+    TuningSpec,
+    Workspace,
+    WorkspaceStatus,
+    apply_version_defaults,
+    convert,
+    parse_workspace,
+)
+
+__all__ = [
+    "GROUP",
+    "KIND",
+    "STORAGE_VERSION",
+    "VERSIONS",
+    "AdapterSpec",
+    "Condition",
+    "DataDestination",
+    "DataSource",
+    "FieldError",
+    "InferenceSpec",
+    "LabelSelector",
+    "ObjectMeta",
+    "PresetSpec",
+    "ResourceSpec",
+    "TuningSpec",
+    "Workspace",
+    "WorkspaceStatus",
+    "apply_version_defaults",
+    "convert",
+    "parse_workspace",
+]
