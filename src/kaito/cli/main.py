@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from kaito import __version__
-from kaito.cli import demo
+from kaito.cli import demo, dev
 
 app = typer.Typer(
     name="kaito",
@@ -23,6 +23,7 @@ def version() -> None:
 
 
 app.command(name="demo")(demo.demo)
+app.add_typer(dev.app, name="dev")
 
 if __name__ == "__main__":
     app()
