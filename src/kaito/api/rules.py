@@ -279,8 +279,8 @@ RULES: tuple[CelRule, ...] = (
     CelRule(
         (*INFERENCE, "adapters", "*"),
         "has(self.source.image) != has(self.source.volumeSource)",
-        "inference.adapters[].source needs exactly one of image (an OCI adapter image) or "
-        "volumeSource",
+        "inference.adapters[].source needs exactly one source: set source.image (an OCI "
+        "adapter image) or source.volumeSource",
         field=".source",
         check=lambda s: _has(_get(s, "source"), "image") != _has(_get(s, "source"), "volumeSource"),
     ),
