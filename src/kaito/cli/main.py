@@ -6,6 +6,7 @@ import typer
 
 from kaito import __version__
 from kaito.cli import demo, dev
+from kaito.cli import tune as tune_cli
 
 app = typer.Typer(
     name="kaito",
@@ -23,6 +24,7 @@ def version() -> None:
 
 
 app.command(name="demo")(demo.demo)
+app.command(name="tune", context_settings=tune_cli.SETTINGS, add_help_option=False)(tune_cli.tune)
 app.add_typer(dev.app, name="dev")
 
 if __name__ == "__main__":
