@@ -6,7 +6,9 @@ import typer
 
 from kaito import __version__
 from kaito.cli import demo, dev
+from kaito.cli import presets as presets_cli
 from kaito.cli import tune as tune_cli
+from kaito.cli import validate as validate_cli
 
 app = typer.Typer(
     name="kaito",
@@ -26,6 +28,8 @@ def version() -> None:
 app.command(name="demo")(demo.demo)
 app.command(name="tune", context_settings=tune_cli.SETTINGS, add_help_option=False)(tune_cli.tune)
 app.add_typer(dev.app, name="dev")
+app.command(name="validate")(validate_cli.validate)
+app.command(name="presets")(presets_cli.presets)
 
 if __name__ == "__main__":
     app()

@@ -1,0 +1,77 @@
+"""`kaito presets`: the model catalog (or the SKU table) with requirements, as a rich table."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kaito.presets import default_catalog, default_skus
+from kaito.presets.validation import suggest_skus
+
+
+def _presets_table(*, tunable: bool, show_all: bool, cloud: str) -> Table:
+    table = Table(title="kaito presets", title_justify="left")
+    for column in (
+        "Preset",
+        "Model",
+        "Weights",
+        "Disk",
+        "Context",
+        "Runtimes",
+        "Tuning",
+        "Fits on",
+    ):
+        table.add_column(column, no_wrap=column in ("Preset", "Fits on"))
+    skus = default_skus()
+    for preset in default_catalog():
+        if (preset.deprecated and not show_all) or (tunable and not preset.supports_tuning):
+            continue
+        tuning = ", ".join(preset.tuning.methods) if preset.tuning else "-"
+        if preset.cpu:
+            fits = "CPU"
+        else:
+            fits = next(iter(suggest_skus(preset, skus, cloud, limit=1)), "multi-node")
+        name = f"{preset.name} (deprecated)" if preset.deprecated else preset.name
+        table.add_row(
+            name,
+            preset.hf_id,
+            f"{preset.weights_gib:g} GiB",
+            preset.disk_size,
+            f"{preset.context_length:,}",
+            ", ".join(preset.runtimes),
+            tuning,
+            fits,
+        )
+    return table
+
+
+def _skus_table(cloud: str | None) -> Table:
+    table = Table(title="GPU instance types", title_justify="left")
+    for column in ("Instance type", "Cloud", "GPUs", "GPU memory", "GPU", "Status"):
+        table.add_column(column, no_wrap=True)
+    for sku in default_skus():
+        if cloud is None or sku.cloud == cloud:
+            table.add_row(
+                sku.name,
+                sku.cloud,
+                str(sku.gpus),
+                f"{sku.gpu_memory_gib:g} GiB",
+                sku.gpu_model,
+                sku.status,
+            )
+    return table
+
+
+def presets(
+    tunable: bool = typer.Option(False, "--tunable", help="Only presets that can be fine-tuned."),
+    show_all: bool = typer.Option(False, "--all", help="Include deprecated presets."),
+    skus: bool = typer.Option(False, "--skus", help="List GPU instance types instead."),
+    cloud: str = typer.Option("azure", help="Cloud for 'Fits on' and --skus: azure, aws, arc."),
+) -> None:
+    """List model presets with GPU memory, disk, context, runtimes and tuning support."""
+    console = Console(width=max(Console().width, 160))
+    if skus:
+        console.print(_skus_table(cloud))
+    else:
+        console.print(_presets_table(tunable=tunable, show_all=show_all, cloud=cloud))

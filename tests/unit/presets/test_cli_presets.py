@@ -1,0 +1,39 @@
+"""`kaito presets`: a table of presets with their requirements, and the SKU table."""
+
+from __future__ import annotations
+
+import typer
+from typer.testing import CliRunner
+
+from kaito.cli.presets import presets
+
+app = typer.Typer()
+app.command()(presets)
+app.command("noop")(lambda: None)  # a second command keeps typer in multi-command mode
+
+
+def run(*args: str) -> str:
+    result = CliRunner().invoke(app, ["presets", *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_the_table_lists_presets_with_requirements() -> None:
+    out = run()
+    assert "phi-3-mini-128k-instruct" in out and "7.12 GiB" in out and "87Gi" in out
+    assert "smollm2-135m-instruct" in out and "CPU" in out
+    assert "phi-2" not in out
+
+
+def test_tunable_limits_the_list() -> None:
+    out = run("--tunable")
+    assert "phi-3-mini-128k-instruct" in out and "llama-3.1-8b-instruct" not in out
+
+
+def test_all_shows_deprecated_presets() -> None:
+    assert "phi-2 (deprecated)" in run("--all")
+
+
+def test_skus_lists_instance_types_of_one_cloud() -> None:
+    out = run("--skus", "--cloud", "aws")
+    assert "p5.48xlarge" in out and "Standard_NC6s_v3" not in out
