@@ -352,6 +352,11 @@ def run_tuning(
         }
         if prepared.eval:
             metrics["eval_loss"] = float(trainer.evaluate()["eval_loss"])
+            metrics["eval_history"] = [
+                {"step": entry.get("step"), "eval_loss": entry["eval_loss"]}
+                for entry in trainer.state.log_history
+                if "eval_loss" in entry
+            ]
             reporter.update(eval_loss=round(metrics["eval_loss"], 6))
         if not main:
             return TuningResult(output, {"metrics": metrics}, resumed_from=resume)

@@ -1,0 +1,152 @@
+"""A real OCI registry (Debian's docker-registry) on 127.0.0.1 for runtime tests.
+
+Use `start_registry()` directly, or the `oci_registry` / `oci_registry_auth` fixtures that
+`tests/runtime/tuning/conftest.py` (and any later conftest) re-exports with
+`from tests.support.registry import oci_registry, oci_registry_auth`.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REGISTRY_BINARY = "docker-registry"
+HTPASSWD_BINARY = "htpasswd"
+INSTALL_HINT = "install it with tools/setup.d/20-registry.sh (apt-get install docker-registry)"
+
+
+@dataclass(frozen=True)
+class LocalRegistry:
+    """A running registry; `host` is 127.0.0.1:<port>, plain HTTP."""
+
+    host: str
+    storage: Path
+    username: str | None = None
+    password: str | None = None
+
+    def ref(self, repository: str, tag: str = "latest") -> str:
+        return f"{self.host}/{repository}:{tag}"
+
+    def docker_config(self, directory: Path) -> Path:
+        """A Docker config JSON holding this registry's credentials (like a push secret)."""
+        auths = {}
+        if self.username is not None:
+            token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+            auths[self.host] = {"auth": token}
+        path = directory / "config.json"
+        path.write_text(json.dumps({"auths": auths}), encoding="utf-8")
+        return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def registry_binary() -> str | None:
+    """The registry executable, or None (a failure in CI, a skip elsewhere)."""
+    found = shutil.which(REGISTRY_BINARY)
+    if found is None:
+        message = f"{REGISTRY_BINARY} is not installed; {INSTALL_HINT}"
+        if os.environ.get("KAITO_REQUIRE_CLUSTER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def _htpasswd_line(username: str, password: str) -> str:
+    tool = shutil.which(HTPASSWD_BINARY)
+    if tool is not None:
+        out = subprocess.run(
+            [tool, "-Bbn", username, password], check=True, capture_output=True, text=True
+        )
+        return out.stdout.strip()
+    try:
+        import bcrypt
+    except ImportError:
+        pytest.skip("neither htpasswd (apache2-utils) nor the bcrypt package is installed")
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode()
+    return f"{username}:{hashed}"
+
+
+@contextlib.contextmanager
+def start_registry(
+    workdir: Path, *, username: str | None = None, password: str | None = None
+) -> Iterator[LocalRegistry]:
+    """Run a registry with storage under `workdir` until the block exits."""
+    binary = registry_binary()
+    assert binary is not None
+    port = free_port()
+    storage = workdir / "storage"
+    storage.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "version: 0.1",
+        "log: {level: error, accesslog: {disabled: true}}",
+        "storage:",
+        f"  filesystem: {{rootdirectory: {storage}}}",
+        "  delete: {enabled: true}",
+        f"http: {{addr: '127.0.0.1:{port}'}}",
+    ]
+    if username is not None and password is not None:
+        htpasswd = workdir / "htpasswd"
+        htpasswd.write_text(_htpasswd_line(username, password) + "\n", encoding="utf-8")
+        lines.append(f"auth: {{htpasswd: {{realm: kaito-test, path: {htpasswd}}}}}")
+    config = workdir / "config.yml"
+    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    log = (workdir / "registry.log").open("wb")
+    process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
+    host = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"registry exited: {(workdir / 'registry.log').read_text()[-2000:]}"
+                )
+            try:
+                status = httpx.get(f"http://{host}/v2/", timeout=1).status_code
+                if status in (200, 401):
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("registry did not answer on /v2/ within 30 s")
+            time.sleep(0.1)
+        yield LocalRegistry(host, storage, username, password)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def oci_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:
+    """An anonymous registry shared by the session."""
+    with start_registry(tmp_path_factory.mktemp("registry")) as registry:
+        yield registry
+
+
+@pytest.fixture(scope="session")
+def oci_registry_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:
+    """A registry that demands htpasswd (Basic) credentials: user `kaito`, password `s3cret`."""
+    with start_registry(
+        tmp_path_factory.mktemp("registry-auth"), username="kaito", password="s3cret"
+    ) as registry:
+        yield registry
