@@ -127,7 +127,7 @@ def fetch_url(
                     raise InputError(f"{url}: HTTP {response.status_code}; not retrying")
                 resumed = response.status_code == 206 and offset > 0
                 with partial.open("ab" if resumed else "wb") as fh:
-                    for chunk in response.iter_bytes(CHUNK):
+                    for chunk in response.iter_bytes():
                         fh.write(chunk)
                 expected_size = response.headers.get("content-length")
                 if expected_size is not None:
