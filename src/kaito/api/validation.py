@@ -24,6 +24,7 @@ from kaito.api.workspace import (
     DOCKER_REFERENCE,
     KIND,
     Workspace,
+    apply_version_defaults,
     parse_workspace,
 )
 
@@ -82,6 +83,8 @@ def _message(error: Mapping[str, Any]) -> str:
         names = [p for p in error.get("loc", ()) if isinstance(p, str)]
         hint = _PATTERN_HINTS.get(names[-1] if names else "", "fix the value's format")
         return f"{error.get('input')!r} has the wrong format: {hint}"
+    if kind in ("literal_error", "enum"):
+        return f"{error.get('input')!r} is not allowed: {msg[:1].lower()}{msg[1:]}"
     if kind in ("too_long", "too_short") and "List" in msg:
         return f"{msg}: remove or add entries"
     return f"{msg[:1].lower()}{msg[1:]}"
@@ -112,6 +115,14 @@ def validate_structure(body: Any, *, old: Any = None) -> list[FieldError]:
     """What the apiserver enforces from the CRD: schema, then CEL rules (old = update)."""
     workspace, errors = _parse(body)
     if workspace is None:
+        if not errors or errors[0].field in ("(root)", "apiVersion", "kind"):
+            return errors
+        # Report the CEL findings too, so one typo does not hide the other problems; a
+        # rule on a field that already has a schema error would only repeat it.
+        reported = [e.field for e in errors]
+        for field, message in rules.evaluate(apply_version_defaults(body)):
+            if not any(field.startswith(r) or r.startswith(field) for r in reported):
+                errors.append(FieldError(field, message))
         return errors
     old_body: dict[str, Any] | None = None
     if old is not None:

@@ -7,6 +7,8 @@ import importlib.resources
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import ValidationError
+
 from kaito.api.errors import FieldError
 from kaito.api.validation import (
     ConfigMapLookup,
@@ -254,7 +256,7 @@ def validate_workspace(
     errors = validate_structure(body, old=old)
     try:
         workspace = parse_workspace(body)
-    except Exception:
+    except (ValidationError, TypeError, ValueError, AttributeError):
         # The schema errors above already say what is wrong; nothing more can be checked.
         return errors
     errors += validate_metadata(workspace)
@@ -295,7 +297,7 @@ def workspace_warnings(
     skus = skus or default_skus()
     try:
         workspace = parse_workspace(body)
-    except Exception:
+    except (ValidationError, TypeError, ValueError, AttributeError):
         return []
     warnings = image_warnings(workspace)
     instance_type = workspace.instance_type
