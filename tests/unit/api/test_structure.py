@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from kaito.api import rules
 from kaito.api.validation import validate_structure
 
 from .builders import (
@@ -290,6 +291,12 @@ UPDATES: list[tuple[str, Body, Body, str]] = [
         "resource.partition",
     ),
     (
+        "tuning swapped for inference",
+        tuning_workspace(name="swap"),
+        inference_workspace(name="swap"),
+        "inference",
+    ),
+    (
         "template toggled on",
         inference_workspace(),
         with_(
@@ -333,3 +340,15 @@ def test_mutable_fields_may_change_on_update(old: Body, new: Body) -> None:
 def test_tuning_cannot_be_swapped_for_inference_on_update() -> None:
     errors = validate_structure(inference_workspace(), old=tuning_workspace())
     assert {"inference", "tuning"} <= set(fields(errors))
+
+
+def test_every_cel_rule_is_exercised_by_an_invalid_case_above() -> None:
+    from kaito.api.validation import validate_structure as check
+
+    seen = set()
+    for _, body, _ in INVALID:
+        seen |= {e.message for e in check(body)}
+    for _, old, new, _ in UPDATES:
+        seen |= {e.message for e in check(new, old=old)}
+    missing = [rule.rule for rule in rules.RULES if rule.message not in seen]
+    assert missing == []
