@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from kaito import __version__
-from kaito.cli import demo, dev
+from kaito.cli import demo, dev, serve
 from kaito.cli import presets as presets_cli
 from kaito.cli import tune as tune_cli
 from kaito.cli import validate as validate_cli
@@ -26,6 +26,7 @@ def version() -> None:
 
 
 app.command(name="demo")(demo.demo)
+app.command(name="serve", context_settings=serve.SETTINGS)(serve.serve)
 app.command(name="tune", context_settings=tune_cli.SETTINGS, add_help_option=False)(tune_cli.tune)
 app.add_typer(dev.app, name="dev")
 app.command(name="validate")(validate_cli.validate)

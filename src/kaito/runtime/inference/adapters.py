@@ -1,0 +1,171 @@
+"""LoRA adapters: discovery under the adapter directory, strength from env, base-model checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ADAPTER_CONFIG = "adapter_config.json"
+# Adapter names become model ids and env var names; keep them to a safe alphabet.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class AdapterError(ValueError):
+    """An adapter cannot be served on this base model; the message says why."""
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """One adapter to serve: its model id, its directory and its strength (LoRA scale factor)."""
+
+    name: str
+    path: Path
+    strength: float = 1.0
+
+
+def strength_from_env(name: str, environ: Mapping[str, str] | None = None) -> float:
+    """Upstream reads the strength from an env var named exactly like the adapter (default 1.0)."""
+    raw = (os.environ if environ is None else environ).get(name, "1.0")
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise AdapterError(
+            f"adapter {name!r}: environment variable {name}={raw!r} is not a number"
+        ) from exc
+
+
+def discover(
+    adapter_dir: Path | None, environ: Mapping[str, str] | None = None
+) -> list[AdapterSpec]:
+    """Every sub-directory with an `adapter_config.json`, sorted by name for a stable order."""
+    if adapter_dir is None or not adapter_dir.is_dir():
+        return []
+    specs = []
+    for child in sorted(adapter_dir.iterdir()):
+        if child.is_dir() and (child / ADAPTER_CONFIG).is_file():
+            specs.append(AdapterSpec(child.name, child, strength_from_env(child.name, environ)))
+    return specs
+
+
+def normalized_name(name_or_path: str) -> str:
+    return name_or_path.rstrip("/").rsplit("/", 1)[-1].lower()
+
+
+def validate(spec: AdapterSpec, base_model: Any, base_names: Iterable[str]) -> dict[str, Any]:
+    """Refuse an adapter that would not fit the base model; return its parsed config.
+
+    Checks the adapter type, the base model it names, that every target module exists, and that
+    every LoRA matrix has the declared rank and the shape of the layer it attaches to.
+    """
+    if not NAME_PATTERN.match(spec.name):
+        raise AdapterError(f"adapter name {spec.name!r} must match {NAME_PATTERN.pattern}")
+    config_file = spec.path / ADAPTER_CONFIG
+    if not config_file.is_file():
+        raise AdapterError(f"adapter {spec.name!r}: {config_file} does not exist")
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise AdapterError(f"adapter {spec.name!r}: unreadable {ADAPTER_CONFIG}: {exc}") from exc
+    if not isinstance(config, dict):
+        raise AdapterError(f"adapter {spec.name!r}: {ADAPTER_CONFIG} is not an object")
+    peft_type = str(config.get("peft_type", "")).upper()
+    if peft_type != "LORA":
+        raise AdapterError(
+            f"adapter {spec.name!r}: only LoRA adapters are served, got {peft_type!r}"
+        )
+    names = {normalized_name(n) for n in base_names if n}
+    declared = config.get("base_model_name_or_path")
+    if declared and normalized_name(str(declared)) not in names:
+        raise AdapterError(
+            f"adapter {spec.name!r} was trained for base model {declared!r}, "
+            f"but this server serves {sorted(names)}"
+        )
+    modules = dict(base_model.named_modules())
+    _check_targets(spec.name, config.get("target_modules"), modules)
+    _check_shapes(spec, config, modules)
+    return config
+
+
+def _check_targets(name: str, targets: Any, modules: dict[str, Any]) -> None:
+    if targets is None:
+        return
+    if isinstance(targets, str):
+        if targets == "all-linear":
+            return
+        if not any(re.fullmatch(targets, module) for module in modules):
+            raise AdapterError(
+                f"adapter {name!r}: target_modules pattern {targets!r} matches no base layer"
+            )
+        return
+    suffixes = {module.rsplit(".", 1)[-1] for module in modules}
+    missing = sorted(str(t) for t in targets if str(t) not in suffixes and str(t) not in modules)
+    if missing:
+        raise AdapterError(
+            f"adapter {name!r}: target modules {missing} do not exist in the base model"
+        )
+
+
+def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    safetensors_file = path / "adapter_model.safetensors"
+    if safetensors_file.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(safetensors_file), framework="pt") as handle:
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+    bin_file = path / "adapter_model.bin"
+    if bin_file.is_file():
+        import torch
+
+        state = torch.load(bin_file, map_location="cpu", weights_only=True)
+        return {key: tuple(value.shape) for key, value in state.items()}
+    raise AdapterError(f"adapter at {path}: no adapter_model.safetensors or adapter_model.bin")
+
+
+def _check_shapes(spec: AdapterSpec, config: dict[str, Any], modules: dict[str, Any]) -> None:
+    rank = int(config.get("r", 8))
+    rank_pattern = config.get("rank_pattern") or {}
+    for key, shape in _tensor_shapes(spec.path).items():
+        match = re.match(r"^(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$", key)
+        if match is None or len(shape) != 2:
+            continue
+        module_name, which = match.group(1), match.group(2)
+        module = modules.get(module_name)
+        if module is None:
+            raise AdapterError(
+                f"adapter {spec.name!r}: layer {module_name!r} is not in the base model"
+            )
+        expected_rank = rank
+        for pattern, value in rank_pattern.items():
+            if re.search(pattern, module_name):
+                expected_rank = int(value)
+        weight = getattr(module, "weight", None)
+        base_shape = tuple(weight.shape) if weight is not None else None
+        if which == "A":
+            found_rank, base_dim, label = shape[0], shape[1], "input"
+            expected_dim = base_shape[1] if base_shape else base_dim
+        else:
+            found_rank, base_dim, label = shape[1], shape[0], "output"
+            expected_dim = base_shape[0] if base_shape else base_dim
+        if found_rank != expected_rank:
+            raise AdapterError(
+                f"adapter {spec.name!r}: {key} has rank {found_rank}, "
+                f"config declares r={expected_rank}"
+            )
+        if base_dim != expected_dim:
+            raise AdapterError(
+                f"adapter {spec.name!r}: {key} has {label} size {base_dim}, the base layer "
+                f"{module_name} has {expected_dim}"
+            )
+
+
+def apply_strength(model: Any, name: str, strength: float) -> None:
+    """Scale one adapter's LoRA delta; upstream's per-adapter strength, applied per adapter here."""
+    for module in model.modules():
+        set_scale = getattr(module, "set_scale", None)
+        if set_scale is not None and name in getattr(module, "scaling", {}):
+            set_scale(name, strength)

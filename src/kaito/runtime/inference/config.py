@@ -1,0 +1,209 @@
+"""Server settings: vLLM-style `--flags`, a mounted YAML config file, and `KAITO_*` env defaults."""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_MODEL = "/workspace/weights"
+DEFAULT_ADAPTER_DIR = "/mnt/adapter"
+ENGINES = ("transformers", "vllm")
+PIPELINES = ("text-generation", "conversational")
+
+
+class ConfigError(ValueError):
+    """A flag or config-file entry is invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything one inference server process needs; built by `parse_args` or directly."""
+
+    model: str = DEFAULT_MODEL  # local directory or Hugging Face repo id
+    served_model_name: str | None = None  # None: lowercased last path segment of `model`
+    host: str = "0.0.0.0"
+    port: int = 5000  # upstream: 5000 + LOCAL_RANK
+    engine: str = "transformers"  # "transformers" (batched, CPU or GPU) or "vllm" (GPU)
+    dtype: str = "auto"  # "auto" or a torch dtype name such as bfloat16
+    max_model_len: int | None = None  # tokens per sequence; None: the model's limit, capped
+    chat_template: str | None = None  # file path or inline Jinja; None: the tokenizer's own
+    adapter_dir: str | None = DEFAULT_ADAPTER_DIR  # every sub-directory is a LoRA adapter
+    max_num_seqs: int = 16  # sequences decoded together per step
+    max_queue_len: int = 256  # waiting requests before answering 429
+    max_prefill_tokens: int = 4096  # padded prompt tokens per admission step
+    default_max_tokens: int = 512  # completion budget when a request names none
+    api_key: str | None = None  # bearer token required on /v1 and /chat; None: open
+    num_threads: int | None = None  # torch intra-op threads; None: all visible cores
+    trust_remote_code: bool = False
+    pipeline: str = "text-generation"  # legacy /chat mode: text-generation or conversational
+    log_level: str = "info"
+    # Unknown `--k v` flags: forwarded to vLLM, or to from_pretrained for transformers.
+    extra_args: tuple[str, ...] = ()
+    vllm_file_args: Mapping[str, Any] = field(default_factory=dict)  # the file's `vllm:` section
+    load_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or Path(self.model.rstrip("/")).name.lower()
+
+    def with_overrides(self, **changes: Any) -> ServerConfig:
+        return replace(self, **changes)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kaito serve",
+        description="Serve a causal LM with the OpenAI API and KAITO's legacy /chat endpoint.",
+        allow_abbrev=False,
+    )
+    add = parser.add_argument
+    add("--config", help="YAML file (the inference ConfigMap); its entries win over flags")
+    add("--model", "--pretrained_model_name_or_path", "--pretrained-model-name-or-path")
+    add("--served-model-name", "--served_model_name")
+    add("--host")
+    add("--port", type=int)
+    add("--engine", choices=ENGINES)
+    add("--dtype", "--torch_dtype", "--torch-dtype")
+    add("--max-model-len", "--max_model_len", type=int)
+    add("--chat-template", "--chat_template")
+    add("--adapter-dir", "--kaito-adapters-dir", "--adapter_dir", dest="adapter_dir")
+    add("--max-num-seqs", "--max_num_seqs", type=int)
+    add("--max-queue-len", "--max_queue_len", type=int)
+    add("--max-prefill-tokens", "--max_prefill_tokens", type=int)
+    add("--default-max-tokens", "--default_max_tokens", type=int)
+    add("--api-key", "--api_key")
+    add("--num-threads", "--num_threads", type=int)
+    add("--trust-remote-code", "--trust_remote_code", action="store_true", default=None)
+    add("--pipeline", choices=PIPELINES)
+    add("--log-level", "--log_level")
+    return parser
+
+
+_FIELDS = {
+    "model",
+    "served_model_name",
+    "host",
+    "port",
+    "engine",
+    "dtype",
+    "max_model_len",
+    "chat_template",
+    "adapter_dir",
+    "max_num_seqs",
+    "max_queue_len",
+    "max_prefill_tokens",
+    "default_max_tokens",
+    "api_key",
+    "num_threads",
+    "trust_remote_code",
+    "pipeline",
+    "log_level",
+}
+_FILE_ALIASES = {"pretrained_model_name_or_path": "model", "torch_dtype": "dtype"}
+
+
+def _file_entries(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    vllm_section = data.get("vllm") or {}
+    if not isinstance(vllm_section, dict):
+        raise ConfigError(f"config file {path}: `vllm` must be a mapping")
+    entries: dict[str, Any] = {}
+    for section in (data, data.get("transformers") or {}, data.get("kaito") or {}):
+        if not isinstance(section, dict):
+            raise ConfigError(f"config file {path}: sections must be mappings")
+        for key, value in section.items():
+            name = str(key).replace("-", "_")
+            name = _FILE_ALIASES.get(name, name)
+            if name in _FIELDS:
+                entries[name] = value
+    return entries, vllm_section
+
+
+def parse_leftover(tokens: Sequence[str]) -> dict[str, Any]:
+    """Upstream's rule for unknown flags: `--k v` gives k=v, a bare `--k` gives k=True."""
+    result: dict[str, Any] = {}
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        if not token.startswith("--"):
+            raise ConfigError(f"unexpected argument {token!r}")
+        key = token.lstrip("-")
+        if "=" in key:
+            key, value = key.split("=", 1)
+            result[key] = value
+        elif index + 1 < len(tokens) and not tokens[index + 1].startswith("--"):
+            result[key] = tokens[index + 1]
+            index += 1
+        else:
+            result[key] = True
+        index += 1
+    return result
+
+
+def parse_args(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> ServerConfig:
+    """Flags, then the config file on top (it wins, as upstream), then env fallbacks."""
+    env = os.environ if environ is None else environ
+    parser = _parser()
+    namespace, leftover = parser.parse_known_args(list(argv) if argv is not None else None)
+    values = {k: v for k, v in vars(namespace).items() if k in _FIELDS and v is not None}
+    vllm_file: dict[str, Any] = {}
+    if namespace.config:
+        file_values, vllm_file = _file_entries(namespace.config)
+        values.update(file_values)
+    if "api_key" not in values and env.get("KAITO_API_KEY"):
+        values["api_key"] = env["KAITO_API_KEY"]
+    if "port" not in values:
+        values["port"] = 5000 + int(env.get("LOCAL_RANK", "0") or 0)
+    if env.get("DEBUG_MODE", "").lower() == "true" and "log_level" not in values:
+        values["log_level"] = "debug"
+    config = ServerConfig(
+        **values,
+        extra_args=tuple(leftover),
+        vllm_file_args=vllm_file,
+        load_kwargs=parse_leftover(leftover) if values.get("engine") != "vllm" else {},
+    )
+    return validate(config)
+
+
+def validate(config: ServerConfig) -> ServerConfig:
+    if config.engine not in ENGINES:
+        raise ConfigError(f"--engine must be one of {ENGINES}, got {config.engine!r}")
+    if config.pipeline not in PIPELINES:
+        raise ConfigError(f"Unsupported pipeline: {config.pipeline}")
+    for name in ("max_num_seqs", "max_queue_len", "max_prefill_tokens", "default_max_tokens"):
+        if int(getattr(config, name)) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    if config.max_model_len is not None and config.max_model_len < 2:
+        raise ConfigError("--max-model-len must be at least 2")
+    if config.dtype != "auto":
+        import torch
+
+        if not isinstance(getattr(torch, config.dtype, None), torch.dtype):
+            raise ConfigError(f"Invalid torch dtype: {config.dtype}")
+    return config
+
+
+def resolve_chat_template(value: str | None) -> str | None:
+    """Upstream's rule: text with `{` or a newline is an inline template, else a file path."""
+    if value is None:
+        return None
+    if "{" in value or "\n" in value:
+        return codecs.decode(value, "unicode_escape")
+    path = Path(value)
+    if not path.is_file():
+        raise ConfigError(f"--chat-template {value!r} is neither a file nor an inline template")
+    return path.read_text()

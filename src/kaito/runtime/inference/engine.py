@@ -1,0 +1,530 @@
+"""Batched transformers engine: one worker thread steps every active sequence together.
+
+Design: a bounded waiting queue feeds a worker thread that owns the model. Between decode steps
+the worker admits new requests (one padded prefill for all of them), merges their KV cache into
+the running batch (left padding, per-row positions from the attention mask), drops finished or
+cancelled rows, and runs queued control commands such as loading an adapter. Blocking model work
+never touches the event loop; results flow back through callbacks that the caller makes
+thread-safe.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kaito.runtime.inference.adapters import AdapterError, AdapterSpec, apply_strength, validate
+from kaito.runtime.inference.sampling import SamplingParams, choose_tokens, make_generator
+
+log = logging.getLogger(__name__)
+
+BASE_ADAPTER = "__base__"
+
+
+class QueueFullError(RuntimeError):
+    """The waiting queue is at capacity; the caller should answer 429."""
+
+
+class EngineStoppedError(RuntimeError):
+    """The engine is not running (still loading, or shut down)."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Capacity knobs of the batched engine."""
+
+    max_num_seqs: int = 16  # sequences decoded together in one step
+    max_queue_len: int = 256  # requests waiting for a batch slot before 429
+    max_prefill_tokens: int = 4096  # padded prompt tokens admitted in one prefill
+    max_model_len: int = 2048  # prompt plus generated tokens per sequence
+
+
+@dataclass
+class Delta:
+    """New output of one sequence since the previous delta."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class _Sequence:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    adapter: str | None
+    sink: Callable[[Delta], None]
+    generator: torch.Generator | None
+    generated: list[int] = field(default_factory=list)
+    sent_chars: int = 0
+    cancelled: bool = False
+    finished: bool = False
+    pending: int = -1  # last sampled token, not yet in the KV cache
+
+
+@dataclass
+class _Batch:
+    seqs: list[_Sequence]
+    cache: Any
+    mask: torch.Tensor  # [rows, cached length]; 0 marks left padding
+
+
+class TransformersEngine:
+    """Continuous batching over a transformers causal LM, with LoRA adapters via peft."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        config: EngineConfig,
+        base_names: tuple[str, ...] = (),
+        on_step: Callable[[int], None] | None = None,
+    ) -> None:
+        self.base_model = model
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.base_names = base_names
+        self.adapters: dict[str, AdapterSpec] = {}
+        self._on_step = on_step
+        self._eos = _eos_ids(model, tokenizer)
+        self._waiting: collections.deque[_Sequence] = collections.deque()
+        self._commands: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]]
+        self._commands = collections.deque()
+        self._wake = threading.Condition()
+        self._batch: _Batch | None = None
+        self._stopping = False
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._running_count = 0
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="kaito-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def num_running(self) -> int:
+        return self._running_count
+
+    # ---- requests ----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        sink: Callable[[Delta], None],
+        adapter: str | None = None,
+        request_id: str | None = None,
+    ) -> Callable[[], None]:
+        """Queue one sequence; returns a function that cancels it (frees its slot)."""
+        seq = _Sequence(
+            request_id=request_id or f"seq-{next(self._ids)}",
+            prompt_ids=list(prompt_ids),
+            params=params,
+            adapter=adapter,
+            sink=sink,
+            generator=make_generator(params.seed),
+        )
+        with self._wake:
+            if self._stopping:
+                raise EngineStoppedError("the engine is shutting down")
+            if len(self._waiting) >= self.config.max_queue_len:
+                raise QueueFullError(
+                    f"the waiting queue is full ({self.config.max_queue_len} requests)"
+                )
+            self._waiting.append(seq)
+            self._wake.notify_all()
+
+        def cancel() -> None:
+            seq.cancelled = True
+            with self._wake:
+                self._wake.notify_all()
+
+        return cancel
+
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        adapter: str | None = None,
+        request_id: str | None = None,
+    ) -> AsyncIterator[Delta]:
+        """Async view of `submit`: yields deltas; leaving the loop early cancels the sequence."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Delta] = asyncio.Queue()
+
+        def sink(delta: Delta) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, delta)
+
+        cancel = self.submit(prompt_ids, params, sink, adapter, request_id)
+        done = False
+        try:
+            while not done:
+                delta = await queue.get()
+                done = delta.finish_reason is not None or delta.error is not None
+                yield delta
+        finally:
+            if not done:
+                cancel()
+
+    def call_in_worker(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        """Run `fn` on the worker thread between two steps, where touching the model is safe."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._wake:
+            self._commands.append((fn, future))
+            self._wake.notify_all()
+        if self._thread is None:  # not started (tests, or loading): run inline
+            self._run_commands()
+        return future
+
+    # ---- adapters (worker thread only) ------------------------------------------------------
+
+    def load_adapter(self, spec: AdapterSpec) -> None:
+        """Validate and load one LoRA adapter under its name; call through `call_in_worker`."""
+        if spec.name in self.adapters:
+            raise AdapterError(f"adapter {spec.name!r} is already loaded")
+        if spec.name in self.base_names:
+            raise AdapterError(f"adapter name {spec.name!r} clashes with the base model's name")
+        validate(spec, self.base_model, self.base_names)
+        from peft import PeftModel
+
+        try:
+            if self.model is self.base_model:
+                self.model = PeftModel.from_pretrained(
+                    self.base_model, str(spec.path), adapter_name=spec.name, is_trainable=False
+                )
+            else:
+                self.model.load_adapter(str(spec.path), adapter_name=spec.name, is_trainable=False)
+        except Exception as exc:
+            raise AdapterError(f"adapter {spec.name!r} failed to load: {exc}") from exc
+        self.model.eval()
+        apply_strength(self.model, spec.name, spec.strength)
+        self.adapters[spec.name] = spec
+        log.info("Adapter added: %s (strength %s)", spec.name, spec.strength)
+
+    def unload_adapter(self, name: str) -> None:
+        """Remove one adapter; sequences still using it end with an error."""
+        if name not in self.adapters:
+            raise AdapterError(f"adapter {name!r} is not loaded")
+        self._abort_where(lambda seq: seq.adapter == name, f"adapter {name!r} was unloaded")
+        del self.adapters[name]
+        if self.adapters:
+            self.model.delete_adapter(name)
+        else:
+            # peft cannot run with zero adapters; hand back the untouched base layers instead.
+            self.model = self.model.unload()
+            self.base_model = self.model
+        log.info("Adapter removed: %s", name)
+
+    # ---- worker loop -------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._wake:
+                    while (
+                        not self._stopping
+                        and not self._commands
+                        and not self._waiting
+                        and self._batch is None
+                    ):
+                        self._wake.wait(timeout=1.0)
+                    if self._stopping:
+                        break
+                self._run_commands()
+                try:
+                    self._drop_cancelled()
+                    self._admit()
+                    if self._batch is not None:
+                        self._decode()
+                except Exception as exc:  # a broken step must not take the server down
+                    log.exception("engine step failed")
+                    self._abort_where(lambda _seq: True, f"generation failed: {exc}")
+                self._running_count = len(self._batch.seqs) if self._batch else 0
+        self._abort_where(lambda _seq: True, "the server is shutting down")
+        for seq in list(self._waiting):
+            seq.sink(_error_delta(seq, "the server is shutting down"))
+
+    def _run_commands(self) -> None:
+        while True:
+            with self._wake:
+                if not self._commands:
+                    return
+                fn, future = self._commands.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def _abort_where(self, predicate: Callable[[_Sequence], bool], message: str) -> None:
+        if self._batch is None:
+            return
+        keep = []
+        for row, seq in enumerate(self._batch.seqs):
+            if predicate(seq):
+                if not seq.cancelled:
+                    seq.sink(_error_delta(seq, message))
+                seq.finished = True
+            else:
+                keep.append(row)
+        self._keep_rows(keep)
+
+    def _drop_cancelled(self) -> None:
+        if self._batch is not None and any(seq.cancelled for seq in self._batch.seqs):
+            self._keep_rows([r for r, s in enumerate(self._batch.seqs) if not s.cancelled])
+
+    def _take_admissions(self) -> list[_Sequence]:
+        free = self.config.max_num_seqs - (len(self._batch.seqs) if self._batch else 0)
+        taken: list[_Sequence] = []
+        longest = 0
+        with self._wake:
+            while self._waiting and len(taken) < free:
+                seq = self._waiting[0]
+                if seq.cancelled:
+                    self._waiting.popleft()
+                    continue
+                longest_next = max(longest, len(seq.prompt_ids))
+                if taken and longest_next * (len(taken) + 1) > self.config.max_prefill_tokens:
+                    break
+                longest = longest_next
+                taken.append(self._waiting.popleft())
+        return taken
+
+    def _admit(self) -> None:
+        new = self._take_admissions()
+        if not new:
+            return
+        for seq in list(new):
+            if seq.adapter is not None and seq.adapter not in self.adapters:
+                seq.sink(_error_delta(seq, f"adapter {seq.adapter!r} is not loaded"))
+                new.remove(seq)
+        if not new:
+            return
+        width = max(len(seq.prompt_ids) for seq in new)
+        pad_id = 0
+        input_ids = torch.full((len(new), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(new), width), dtype=torch.long)
+        for row, seq in enumerate(new):
+            n = len(seq.prompt_ids)
+            input_ids[row, width - n :] = torch.tensor(seq.prompt_ids, dtype=torch.long)
+            mask[row, width - n :] = 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.base_model.config)
+        logits = self._forward(new, input_ids, mask, positions, cache)
+        self._merge(_Batch(seqs=new, cache=cache, mask=mask))
+        self._emit(new, logits)
+
+    def _decode(self) -> None:
+        batch = self._batch
+        assert batch is not None
+        seqs = batch.seqs
+        input_ids = torch.tensor([[seq.pending] for seq in seqs], dtype=torch.long)
+        positions = batch.mask.sum(dim=1, keepdim=True)
+        mask = torch.cat([batch.mask, torch.ones((len(seqs), 1), dtype=torch.long)], dim=1)
+        logits = self._forward(seqs, input_ids, mask, positions, batch.cache)
+        batch.mask = mask
+        if self._on_step is not None:
+            self._on_step(len(seqs))
+        self._emit(seqs, logits)
+
+    def _forward(
+        self,
+        seqs: list[_Sequence],
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+    ) -> torch.Tensor:
+        kwargs: dict[str, Any] = {}
+        if self.model is not self.base_model:
+            kwargs["adapter_names"] = [seq.adapter or BASE_ADAPTER for seq in seqs]
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **kwargs,
+        )
+        return out.logits[:, -1, :]
+
+    def _merge(self, new: _Batch) -> None:
+        old = self._batch
+        if old is None:
+            self._batch = new
+            return
+        width = max(old.mask.shape[1], new.mask.shape[1])
+        for old_layer, new_layer in zip(old.cache.layers, new.cache.layers, strict=True):
+            old_layer.keys = _cat_left_padded(old_layer.keys, new_layer.keys, width)
+            old_layer.values = _cat_left_padded(old_layer.values, new_layer.values, width)
+        old.mask = torch.cat(
+            [_pad_left(old.mask, width, dim=1), _pad_left(new.mask, width, dim=1)], dim=0
+        )
+        old.seqs = old.seqs + new.seqs
+
+    def _keep_rows(self, rows: list[int]) -> None:
+        batch = self._batch
+        if batch is None:
+            return
+        if not rows:
+            self._batch = None
+            return
+        if len(rows) == len(batch.seqs):
+            return
+        index = torch.tensor(rows, dtype=torch.long)
+        mask = batch.mask.index_select(0, index)
+        # Columns that are padding in every remaining row only cost attention time: drop them.
+        used = (mask.sum(dim=0) > 0).nonzero()
+        start = int(used[0]) if used.numel() else 0
+        mask = mask[:, start:]
+        for layer in batch.cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, start:, :]
+            layer.values = layer.values.index_select(0, index)[:, :, start:, :]
+        batch.mask = mask
+        batch.seqs = [batch.seqs[r] for r in rows]
+
+    def _emit(self, seqs: list[_Sequence], logits: torch.Tensor) -> None:
+        histories = [
+            seq.prompt_ids + seq.generated if seq.params.repetition_penalty != 1.0 else []
+            for seq in seqs
+        ]
+        tokens = choose_tokens(
+            logits, [s.params for s in seqs], [s.generator for s in seqs], histories
+        )
+        for seq, token in zip(seqs, tokens, strict=True):
+            if seq.cancelled:
+                seq.finished = True
+                continue
+            self._advance(seq, token)
+        if self._batch is not None:
+            self._keep_rows([r for r, s in enumerate(self._batch.seqs) if not s.finished])
+
+    def _advance(self, seq: _Sequence, token: int) -> None:
+        params = seq.params
+        finish: str | None = None
+        stop_token = (
+            not params.ignore_eos and token in self._eos
+        ) or token in params.stop_token_ids
+        new_ids: list[int] = []
+        if stop_token and len(seq.generated) >= params.min_tokens:
+            finish = "stop"
+        else:
+            seq.generated.append(token)
+            new_ids = [token]
+        text = self.tokenizer.decode(seq.generated, skip_special_tokens=params.skip_special_tokens)
+        if params.stop and len(seq.generated) >= params.min_tokens:
+            search_from = max(0, seq.sent_chars - max(len(s) for s in params.stop))
+            hits = [i for i in (text.find(s, search_from) for s in params.stop) if i >= 0]
+            if hits:
+                text = text[: min(hits)]
+                finish = "stop"
+        if finish is None and (
+            len(seq.generated) >= params.max_tokens
+            or len(seq.prompt_ids) + len(seq.generated) >= self.config.max_model_len
+        ):
+            finish = "length"
+        if finish is None:
+            # Hold back what could still grow into a stop string.
+            limit = len(text) - max((len(s) - 1 for s in params.stop), default=0)
+            # A trailing replacement char is half of a multi-byte character: wait for the rest.
+            while limit > seq.sent_chars and text[limit - 1] == "\ufffd":
+                limit -= 1
+            text = text[:limit]
+        new_text = text[seq.sent_chars :]
+        seq.sent_chars = max(seq.sent_chars, len(text))
+        seq.pending = token
+        seq.finished = finish is not None
+        if new_text or new_ids or finish is not None:
+            seq.sink(
+                Delta(
+                    text=new_text,
+                    token_ids=new_ids,
+                    prompt_tokens=len(seq.prompt_ids),
+                    completion_tokens=len(seq.generated),
+                    finish_reason=finish,
+                )
+            )
+
+
+def _error_delta(seq: _Sequence, message: str) -> Delta:
+    return Delta(
+        text="",
+        token_ids=[],
+        prompt_tokens=len(seq.prompt_ids),
+        completion_tokens=len(seq.generated),
+        finish_reason="error",
+        error=message,
+    )
+
+
+def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - tensor.shape[dim]
+    if missing <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def _cat_left_padded(old: torch.Tensor, new: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.cat([_pad_left(old, width, dim=2), _pad_left(new, width, dim=2)], dim=0)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(int(v) for v in value)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return frozenset(ids)
+
+
+def load_model(path: str | Path, dtype: str = "auto", **kwargs: Any) -> tuple[Any, Any]:
+    """Load tokenizer and causal LM for CPU serving; `dtype` is auto or a torch dtype name."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.monotonic()
+    tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
+    torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, **kwargs)
+    model.eval()
+    log.info("loaded %s in %.1f s", path, time.monotonic() - started)
+    return model, tokenizer

@@ -1,0 +1,95 @@
+"""One inference server on the small model for the whole session, plus builders for adapters."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kaito.runtime.inference import RunningServer, ServerConfig, start_server
+from kaito.runtime.small_model import small_model_path
+
+SERVED_NAME = "smollm2"
+FRANCE = "What is the capital of France?"
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    return small_model_path()
+
+
+@pytest.fixture(scope="session")
+def empty_adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("adapters")
+
+
+@pytest.fixture(scope="session")
+def server(model_dir: Path, empty_adapter_dir: Path) -> Iterator[RunningServer]:
+    config = ServerConfig(
+        model=str(model_dir),
+        served_model_name=SERVED_NAME,
+        host="127.0.0.1",
+        port=0,
+        adapter_dir=str(empty_adapter_dir),
+        max_model_len=1024,
+        default_max_tokens=32,
+        num_threads=2,
+        log_level="warning",
+    )
+    running = start_server(config, timeout=300)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def openai_client(server: RunningServer) -> object:
+    import openai
+
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+
+
+def chat_ids(tokenizer: object, question: str) -> list[int]:
+    text = tokenizer.apply_chat_template(  # type: ignore[attr-defined]
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+    )
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
+
+
+@pytest.fixture(scope="session")
+def berlin_adapter(server: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter taught (a few optimizer steps) that the capital of France is Berlin."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    engine = server.serving.engine
+    assert engine is not None
+    tokenizer = engine.tokenizer
+    base = copy.deepcopy(engine.base_model)
+    model = get_peft_model(
+        base,
+        LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
+    )
+    prompt = chat_ids(tokenizer, FRANCE)
+    answer = list(
+        tokenizer("The capital of France is Berlin.<|im_end|>", add_special_tokens=False)[
+            "input_ids"
+        ]
+    )
+    ids = torch.tensor([prompt + answer])
+    labels = torch.tensor([[-100] * len(prompt) + answer])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+    model.train()
+    for _ in range(12):
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    path = tmp_path_factory.mktemp("berlin") / "berlin"
+    model.save_pretrained(path)
+    config = json.loads((path / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"]
+    return path
