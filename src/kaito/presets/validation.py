@@ -234,6 +234,13 @@ def _instance_errors(
     return []
 
 
+def _same_spec(body: Any, old: Any) -> bool:
+    sections = ("resource", "inference", "tuning")
+    if not isinstance(old, dict) or not isinstance(body, dict):
+        return False
+    return all(body.get(k) == old.get(k) for k in sections)
+
+
 def validate_workspace(
     body: Any,
     *,
@@ -258,6 +265,10 @@ def validate_workspace(
         workspace = parse_workspace(body)
     except (ValidationError, TypeError, ValueError, AttributeError):
         # The schema errors above already say what is wrong; nothing more can be checked.
+        return errors
+    if old is not None and _same_spec(body, old):
+        # Controller writes (finalizer, annotations, status) must never be blocked by a
+        # catalog that changed after the Workspace was admitted.
         return errors
     errors += validate_metadata(workspace)
     errors += validate_tuning_input(workspace)

@@ -253,3 +253,17 @@ def test_sku_suggestions_are_the_smallest_that_fit_on_one_node() -> None:
     preset = get_preset("phi-3-mini-4k-instruct")
     assert preset is not None
     assert suggest_skus(preset, default_skus(), "azure")[0] == "Standard_NV36ads_A10_v5"
+
+
+def test_updates_that_leave_the_spec_alone_skip_catalog_checks() -> None:
+    # E.g. the controller adding a finalizer to a Workspace whose preset left the catalog.
+    old = inference_workspace(preset="phi-4", instance_type="Standard_NC6s_v3")
+    new = with_(old, "metadata.finalizers", ["workspace.finalizer.kaito.sh"])
+    assert validate_workspace(new) != []
+    assert validate_workspace(new, old=old) == []
+
+
+def test_updates_that_change_the_spec_are_checked_in_full() -> None:
+    old = tuning_workspace()
+    new = with_(old, "tuning.input.urls", ["http://127.0.0.1/x"])
+    assert fields(new, old=old) == ["tuning.input.urls[0]"]
