@@ -244,7 +244,15 @@ def push_data_image(
             container = client.get_container(f"{reference.repository}:{reference.target}")
             for blob, desc in ((layer_path, layer_desc), (config_path, config_desc)):
                 _check(client.upload_blob(str(blob), container, desc), f"upload {desc['digest']}")
-            _check(client.upload_manifest(manifest, container), f"upload manifest {reference}")
+            # PUT our exact bytes (oras re-serializes the dict), so the digest we report is
+            # the digest the registry stores.
+            response = client.do_request(
+                f"{client.prefix}://{container.manifest_url()}",
+                "PUT",
+                data=manifest_bytes,
+                headers={"Content-Type": MEDIA_MANIFEST},
+            )
+            _check(response, f"upload manifest {reference}")
 
         _retry(f"push {reference}", attempts, backoff_s, push_once, log)
     digest = "sha256:" + hashlib.sha256(manifest_bytes).hexdigest()

@@ -1,0 +1,178 @@
+"""Adapters and datasets travel as OCI images in upstream's layout through a real registry."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from kaito.runtime.oci.adapter import ANNOTATION_MODEL, AdapterError, pull_adapter, push_adapter
+from kaito.runtime.oci.image import (
+    MEDIA_CONFIG,
+    MEDIA_LAYER_GZIP,
+    MEDIA_MANIFEST,
+    ImageReference,
+    RegistryError,
+    fetch_manifest,
+    push_data_image,
+)
+from kaito.runtime.tuning.inputs import fetch_image, read_inputs
+from tests.runtime.tuning.builders import messages_rows, write_rows
+from tests.support.registry import LocalRegistry, free_port
+
+
+def _fake_adapter(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "adapter_config.json").write_text('{"r": 4}')
+    (directory / "adapter_model.safetensors").write_bytes(b"weights")
+    return directory
+
+
+def _blob(registry: LocalRegistry, repository: str, digest: str) -> bytes:
+    return httpx.get(f"http://{registry.host}/v2/{repository}/blobs/{digest}").content
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        ("busybox", ImageReference("docker.io", "library/busybox", "latest")),
+        ("127.0.0.1:5000/a/b:1.0", ImageReference("127.0.0.1:5000", "a/b", "1.0")),
+        (
+            "myacr.azurecr.io/x@sha256:ab",
+            ImageReference("myacr.azurecr.io", "x", None, "sha256:ab"),
+        ),
+    ],
+)
+def test_image_references_are_normalised_like_upstreams_puller(
+    ref: str, expected: ImageReference
+) -> None:
+    assert ImageReference.parse(ref) == expected
+
+
+def test_a_pushed_adapter_has_upstreams_layout_and_media_types(
+    oci_registry: LocalRegistry, tmp_path: Path
+) -> None:
+    adapter = _fake_adapter(tmp_path / "adapter")
+    pushed = push_adapter(adapter, oci_registry.ref("adapters/fake", "0.0.1"), model_name="phi-3")
+    manifest, digest = fetch_manifest(pushed.reference)
+    assert digest == pushed.digest
+    assert manifest["mediaType"] == MEDIA_MANIFEST
+    assert manifest["config"]["mediaType"] == MEDIA_CONFIG
+    assert [layer["mediaType"] for layer in manifest["layers"]] == [MEDIA_LAYER_GZIP]
+    assert manifest["annotations"][ANNOTATION_MODEL] == "phi-3"
+    layer = gzip.decompress(_blob(oci_registry, "adapters/fake", manifest["layers"][0]["digest"]))
+    with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
+        names = sorted(m.name for m in tar.getmembers() if m.isfile())
+    assert names == ["data/adapter_config.json", "data/adapter_model.safetensors"]
+    config = json.loads(_blob(oci_registry, "adapters/fake", manifest["config"]["digest"]))
+    assert config["rootfs"]["diff_ids"][0].startswith("sha256:")
+
+
+def test_a_pulled_adapter_matches_what_was_pushed(
+    oci_registry: LocalRegistry, tmp_path: Path
+) -> None:
+    adapter = _fake_adapter(tmp_path / "adapter")
+    ref = oci_registry.ref("adapters/roundtrip", "v1")
+    push_adapter(adapter, ref, model_name="m")
+    pulled = pull_adapter(ref, tmp_path / "pulled")
+    assert sorted(p.name for p in pulled.files) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    assert (tmp_path / "pulled/adapter_model.safetensors").read_bytes() == b"weights"
+
+
+def test_an_incomplete_adapter_is_refused_before_any_push(tmp_path: Path) -> None:
+    adapter = _fake_adapter(tmp_path / "adapter")
+    (adapter / "adapter_model.safetensors").unlink()
+    with pytest.raises(AdapterError, match="adapter_model.safetensors"):
+        push_adapter(adapter, "127.0.0.1:1/x:y", model_name="m")
+
+
+def test_a_failing_push_is_retried_reported_and_deletes_nothing(tmp_path: Path) -> None:
+    adapter = _fake_adapter(tmp_path / "adapter")
+    attempts: list[str] = []
+    with pytest.raises(RegistryError, match="failed after 3 attempts"):
+        push_adapter(
+            adapter,
+            f"127.0.0.1:{free_port()}/a:b",
+            model_name="m",
+            attempts=3,
+            backoff_s=0.01,
+            log=attempts.append,
+        )
+    assert len(attempts) == 2
+    assert sorted(p.name for p in adapter.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+
+
+def test_an_authenticated_registry_takes_credentials_from_a_docker_config(
+    oci_registry_auth: LocalRegistry, tmp_path: Path
+) -> None:
+    adapter = _fake_adapter(tmp_path / "adapter")
+    ref = oci_registry_auth.ref("private/adapter", "1")
+    secret = oci_registry_auth.docker_config(tmp_path)
+    push_adapter(adapter, ref, model_name="m", docker_config=secret)
+    pulled = pull_adapter(ref, tmp_path / "pulled", docker_config=secret)
+    assert len(pulled.files) == 2
+
+
+def test_an_authenticated_registry_refuses_anonymous_pushes(
+    oci_registry_auth: LocalRegistry, tmp_path: Path
+) -> None:
+    adapter = _fake_adapter(tmp_path / "adapter")
+    anonymous = tmp_path / "empty.json"
+    anonymous.write_text('{"auths": {}}')
+    with pytest.raises(RegistryError):
+        push_adapter(
+            adapter,
+            oci_registry_auth.ref("private/anon", "1"),
+            model_name="m",
+            docker_config=anonymous,
+            attempts=1,
+        )
+
+
+def test_a_dataset_image_fills_the_data_directory(
+    oci_registry: LocalRegistry, tmp_path: Path
+) -> None:
+    source = write_rows(tmp_path / "src" / "dataset.parquet", messages_rows(3))
+    ref = oci_registry.ref("datasets/dolly", "1")
+    push_data_image(ref, {"dataset.parquet": source})
+    fetched = fetch_image(ref, tmp_path / "data")
+    assert [f.path.name for f in fetched] == ["dataset.parquet"]
+    assert (tmp_path / "data" / "dataset.parquet").read_bytes() == source.read_bytes()
+    assert read_inputs(tmp_path / "data")[0]["source"].startswith(ref + "@sha256:")
+
+
+def test_the_trained_adapter_round_trips_and_generates(
+    trained: Path, oci_registry: LocalRegistry, model_dir: Path, tmp_path: Path
+) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ref = oci_registry.ref("adapters/smollm2-kiwi", "0.0.1")
+    push_adapter(trained, ref, model_name="smollm2-135m-instruct")
+    manifest, _ = fetch_manifest(ref)
+    assert manifest["annotations"]["sh.kaito.tuning.base-model"] == str(model_dir)
+    pulled = tmp_path / "adapter"
+    pull_adapter(ref, pulled)
+    assert (pulled / "tuning_metadata.json").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(pulled)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), pulled)
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the code for the door?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    output = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    answer = tokenizer.decode(output[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert answer.strip()
