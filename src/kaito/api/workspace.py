@@ -298,18 +298,31 @@ class Condition(_Model):
 
 
 class TuningProgress(_Model):
-    """Live progress of the tuning job, reported by the tuning runtime."""
+    """Live progress of the tuning job; mirrors the tuning runtime's progress.json."""
 
+    phase: (
+        Literal["preparing", "loading", "training", "saving", "completed", "failed", "interrupted"]
+        | None
+    ) = Field(default=None, description="preparing, loading, training, saving, completed, ...")
     progress_percent: int | None = Field(
         default=None, ge=0, le=100, description="Percent of training steps done (0-100)."
     )
-    current_step: int | None = Field(default=None, ge=0, description="Optimizer steps done.")
+    step: int | None = Field(default=None, ge=0, description="Optimizer steps done.")
     total_steps: int | None = Field(default=None, ge=0, description="Planned optimizer steps.")
-    current_epoch: float | None = Field(default=None, ge=0, description="Epochs done (float).")
-    total_epochs: float | None = Field(default=None, ge=0, description="Planned epochs.")
+    epoch: float | None = Field(default=None, ge=0, description="Epochs done (fractional).")
     loss: float | None = Field(default=None, description="Latest training loss.")
-    eta_seconds: int | None = Field(default=None, ge=0, description="Estimated seconds left.")
-    last_update_time: str | None = Field(default=None, description="RFC 3339 time of the report.")
+    eval_loss: float | None = Field(default=None, description="Latest evaluation loss.")
+    learning_rate: float | None = Field(default=None, description="Current learning rate.")
+    tokens_per_second: float | None = Field(default=None, ge=0, description="Training speed.")
+    eta_seconds: float | None = Field(default=None, ge=0, description="Estimated seconds left.")
+    resumed_from_step: int | None = Field(
+        default=None, ge=0, description="Checkpoint step this run resumed from."
+    )
+    message: Annotated[str, StringConstraints(max_length=1024)] | None = Field(
+        default=None, description="Short human-readable note."
+    )
+    started_at: str | None = Field(default=None, description="RFC 3339 start time.")
+    updated_at: str | None = Field(default=None, description="RFC 3339 time of the report.")
 
 
 class WorkspaceStatus(_Model):

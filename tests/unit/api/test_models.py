@@ -121,7 +121,13 @@ def test_status_keeps_tuning_progress_and_unknown_keys() -> None:
         "conditions": [{"type": "JobStarted", "status": "True", "reason": "Started"}],
         "targetNodeCount": 1,
         "state": "Running",
-        "tuning": {"progressPercent": 42, "currentStep": 21, "totalSteps": 50, "loss": 1.25},
+        "tuning": {
+            "phase": "training",
+            "progressPercent": 42,
+            "step": 21,
+            "totalSteps": 50,
+            "loss": 1.25,
+        },
         "futureField": {"x": 1},
     }
     workspace = parse_workspace(with_(tuning_workspace(), "status", status))
