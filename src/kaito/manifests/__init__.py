@@ -1,0 +1,1 @@
+"""Pure builders: a resolved Workspace -> NodeClaims, StatefulSet, Services, Job, ConfigMaps."""

@@ -1,0 +1,100 @@
+"""Pieces every workload shares: owner references, tolerations, affinity, manifest hashes."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from kaito.api.workspace import Workspace
+from kaito.manifests.context import WorkspaceContext, canonical_json
+from kaito.manifests.keys import ANNOTATION_APPLIED, GPU_RESOURCE, LABEL_WORKSPACE
+
+JSON = dict[str, Any]
+
+
+def owner_reference(workspace: Workspace) -> JSON:
+    """A controller reference to the Workspace, so Kubernetes GC removes the child with it."""
+    return {
+        "apiVersion": workspace.api_version,
+        "kind": "Workspace",
+        "name": workspace.name,
+        "uid": workspace.metadata.uid or "",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def workspace_labels(workspace: Workspace) -> dict[str, str]:
+    return {LABEL_WORKSPACE: workspace.name}
+
+
+def child_metadata(
+    ctx: WorkspaceContext, name: str, *, annotations: Mapping[str, str] | None = None
+) -> JSON:
+    meta: JSON = {
+        "name": name,
+        "namespace": ctx.namespace,
+        "labels": workspace_labels(ctx.workspace),
+        "ownerReferences": [owner_reference(ctx.workspace)],
+    }
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return meta
+
+
+def tolerations(cloud_provider: str) -> list[JSON]:
+    """GPU and `sku=gpu` taints (NodeClaims carry the latter), plus Azure spot nodes."""
+    out: list[JSON] = [
+        {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"},
+    ]
+    if cloud_provider == "azure":
+        out.append(
+            {
+                "key": "kubernetes.azure.com/scalesetpriority",
+                "operator": "Equal",
+                "value": "spot",
+                "effect": "NoSchedule",
+            }
+        )
+    return out
+
+
+def node_affinity(labels: Mapping[str, str]) -> JSON | None:
+    """Required node affinity: one `key In [value]` per selector label; None without labels."""
+    if not labels:
+        return None
+    expressions = [
+        {"key": key, "operator": "In", "values": [value]} for key, value in sorted(labels.items())
+    ]
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": expressions}]
+            }
+        }
+    }
+
+
+def manifest_hash(obj: Mapping[str, Any]) -> str:
+    """Hash of a desired manifest, ignoring the hash annotation itself."""
+    body = copy.deepcopy(dict(obj))
+    body.get("metadata", {}).get("annotations", {}).pop(ANNOTATION_APPLIED, None)
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:16]
+
+
+def stamp(obj: JSON) -> JSON:
+    """Record the manifest's hash on it, so the planner can skip unchanged writes."""
+    digest = manifest_hash(obj)
+    obj.setdefault("metadata", {}).setdefault("annotations", {})[ANNOTATION_APPLIED] = digest
+    return obj
+
+
+def applied_hash(obj: Mapping[str, Any] | None) -> str | None:
+    if not obj:
+        return None
+    annotations = obj.get("metadata", {}).get("annotations") or {}
+    value = annotations.get(ANNOTATION_APPLIED)
+    return str(value) if value is not None else None

@@ -1,0 +1,45 @@
+"""What the builders need to know about the cluster and the operator's images (pure data)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from kaito import __version__
+
+NodeProvisioner = Literal["azure-gpu-provisioner", "karpenter", "byo"]
+NODE_PROVISIONERS: tuple[NodeProvisioner, ...] = ("azure-gpu-provisioner", "karpenter", "byo")
+DEFAULT_RUNTIME_IMAGE = f"ghcr.io/kaito-project/kaito-python/runtime:{__version__}"
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """Cluster-wide choices that shape every manifest; built from `KAITO_*` settings.
+
+    Field meanings (defaults in brackets):
+    - cloud_provider: azure | aws | arc; picks the SKU table and NodeClass kind [azure].
+    - node_provisioner: azure-gpu-provisioner or karpenter create NodeClaims; byo uses
+      existing nodes only [azure-gpu-provisioner].
+    - runtime_image: the image holding `kaito.runtime` (inference server, tuning runtime,
+      input pullers and the adapter pusher) [ghcr.io/kaito-project/kaito-python/runtime:<v>].
+    - image_pull_policy: for runtime_image [IfNotPresent].
+    - default_node_image_family: ubuntu | azurelinux, NodeClaim annotation [ubuntu].
+    - node_class_name: NodeClaim spec.nodeClassRef.name [default].
+    - release_namespace: where the default tuning templates live [kaito-system].
+    - vllm_enabled: the vLLM feature gate; off forces the transformers engine [True].
+    - tuning_storage: NodeClaim disk for tuning and custom templates [1024Gi].
+    """
+
+    cloud_provider: str = "azure"
+    node_provisioner: NodeProvisioner = "azure-gpu-provisioner"
+    runtime_image: str = DEFAULT_RUNTIME_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+    default_node_image_family: str = "ubuntu"
+    node_class_name: str = "default"
+    release_namespace: str = "kaito-system"
+    vllm_enabled: bool = True
+    tuning_storage: str = "1024Gi"
+
+    @property
+    def uses_nodeclaims(self) -> bool:
+        return self.node_provisioner != "byo"

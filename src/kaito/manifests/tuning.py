@@ -1,0 +1,269 @@
+"""The tuning Job: input stage, trainer, output stage; done only once the adapter is stored.
+
+Upstream ran the pusher next to the trainer and ended it with `killall -SIGCHLD pause`, which
+never stops `pause` (quirks §13). Here the trainer is an init container and the pusher the
+pod's only main container: the pod succeeds exactly when the push succeeds, and a failed
+training run fails the pod (restartPolicy Never) instead of leaving a pusher waiting forever.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from kaito.api.workspace import TuningSpec
+from kaito.manifests.common import JSON, child_metadata, node_affinity, stamp, tolerations
+from kaito.manifests.context import WorkspaceContext
+from kaito.manifests.keys import ANNOTATION_REVISION, GPU_RESOURCE
+
+TRAINING_CONFIG_KEY = "training_config.yaml"
+CONFIG_MOUNT = "/mnt/config"
+DATA_DIR = "/mnt/data"
+WEIGHTS_DIR = "/workspace/weights"
+DEFAULT_OUTPUT_DIR = "/mnt/output"
+DOCKER_CONFIG_DIR = "/root/.docker"
+PHI3_TARGET_MODULES = "k_proj,q_proj,v_proj,o_proj,gate_proj,down_proj,up_proj"
+# Retries resume from the last checkpoint; a third failure fails the Job for good.
+BACKOFF_LIMIT = 2
+FETCH_URLS_SCRIPT = """\
+import pathlib, sys
+from kaito.runtime.tuning.inputs import fetch_urls
+fetch_urls(sys.argv[1:], pathlib.Path("/mnt/data"))
+"""
+FETCH_IMAGE_SCRIPT = """\
+import pathlib, sys
+from kaito.runtime.tuning.inputs import fetch_image
+ref, config_dir = sys.argv[1], pathlib.Path(sys.argv[2])
+configs = [None, *sorted(config_dir.glob("*.json"))] if config_dir.is_dir() else [None]
+for index, config in enumerate(configs):
+    try:
+        fetch_image(ref, pathlib.Path("/mnt/data"), docker_config=config)
+        break
+    except Exception as exc:
+        print(f"pull {ref} with {config or 'no credentials'}: {exc}", file=sys.stderr)
+        if index == len(configs) - 1:
+            sys.exit(1)
+"""
+
+
+def training_output_dir(config_text: str | None) -> str:
+    """TrainingArguments.output_dir: relative paths go under /mnt; missing -> /mnt/output."""
+    try:
+        parsed = yaml.safe_load(config_text or "")
+    except yaml.YAMLError:
+        return DEFAULT_OUTPUT_DIR
+    root = parsed.get("training_config") if isinstance(parsed, dict) else None
+    args = root.get("TrainingArguments") if isinstance(root, dict) else None
+    value = args.get("output_dir") if isinstance(args, dict) else None
+    if not isinstance(value, str) or not value.strip():
+        return DEFAULT_OUTPUT_DIR
+    path = posixpath.normpath(posixpath.join("/mnt", value.strip()))
+    return path if path.startswith("/mnt/") else DEFAULT_OUTPUT_DIR
+
+
+def _tuning(ctx: WorkspaceContext) -> TuningSpec:
+    tuning = ctx.workspace.tuning
+    assert tuning is not None, "not a tuning workspace"
+    return tuning
+
+
+def build_tuning_config_map(ctx: WorkspaceContext, data: Mapping[str, str]) -> JSON:
+    """A copy of the default template in the workspace namespace (shared, so not owned)."""
+    tuning = _tuning(ctx)
+    return stamp(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": tuning.config_map_name,
+                "namespace": ctx.namespace,
+                "labels": {"app.kubernetes.io/managed-by": "kaito"},
+            },
+            "data": dict(data),
+        }
+    )
+
+
+def _secret_volume(name: str, secrets: list[str], *, single: bool) -> JSON:
+    """Projected dockerconfigjson secrets: `config.json` for one, `<secret>.json` for many."""
+    return {
+        "name": name,
+        "projected": {
+            "sources": [
+                {
+                    "secret": {
+                        "name": secret,
+                        "items": [
+                            {
+                                "key": ".dockerconfigjson",
+                                "path": "config.json" if single else f"{secret}.json",
+                            }
+                        ],
+                    }
+                }
+                for secret in secrets
+            ]
+        },
+    }
+
+
+def _input_stage(ctx: WorkspaceContext) -> tuple[list[JSON], list[JSON]]:
+    """(init containers, extra volumes) that put the training data into /mnt/data."""
+    source = _tuning(ctx).input
+    data_mount = {"name": "data-volume", "mountPath": DATA_DIR}
+    base = {"image": ctx.options.runtime_image, "imagePullPolicy": ctx.options.image_pull_policy}
+    if source.urls:
+        return [
+            {
+                "name": "data-downloader",
+                **base,
+                "command": ["python", "-c", FETCH_URLS_SCRIPT],
+                "args": list(source.urls),
+                "volumeMounts": [data_mount],
+            }
+        ], []
+    if source.image:
+        volumes: list[JSON] = []
+        config_dir = f"{DOCKER_CONFIG_DIR}/config.d/{source.name or 'input'}-tuning-input"
+        mounts = [data_mount]
+        if source.image_pull_secrets:
+            volume = f"docker-config-{source.name or 'input'}-tuning-input"
+            volumes.append(_secret_volume(volume, list(source.image_pull_secrets), single=False))
+            mounts.append({"name": volume, "mountPath": config_dir})
+        return [
+            {
+                "name": "puller",
+                **base,
+                "command": ["python", "-c", FETCH_IMAGE_SCRIPT],
+                "args": [source.image, config_dir],
+                "volumeMounts": mounts,
+            }
+        ], volumes
+    return [], []
+
+
+def tuner_command(ctx: WorkspaceContext, output_dir: str) -> tuple[list[str], list[str]]:
+    """The trainer: one process per GPU through accelerate when the node has several."""
+    preset = ctx.preset
+    assert preset is not None
+    args = [
+        f"--config={CONFIG_MOUNT}/{TRAINING_CONFIG_KEY}",
+        f"--dataset-dir={DATA_DIR}",
+        f"--model={preset.hf_id}",
+        f"--output-dir={output_dir}",
+        "--quiet",
+    ]
+    if ctx.gpus_per_node > 1:
+        launch = ["accelerate", "launch", f"--num_processes={ctx.gpus_per_node}", "-m"]
+        return launch, ["kaito.runtime.tuning", *args]
+    return ["python", "-m", "kaito.runtime.tuning"], args
+
+
+def _tuner(ctx: WorkspaceContext, output_dir: str) -> JSON:
+    preset = ctx.preset
+    assert preset is not None
+    command, args = tuner_command(ctx, output_dir)
+    env: list[JSON] = [
+        {"name": "PYTORCH_CUDA_ALLOC_CONF", "value": "expandable_segments:True"},
+        {"name": "YAML_FILE_PATH", "value": f"{CONFIG_MOUNT}/{TRAINING_CONFIG_KEY}"},
+        {"name": "DATASET_FOLDER_PATH", "value": DATA_DIR},
+        {"name": "HF_HOME", "value": WEIGHTS_DIR},
+    ]
+    if preset.name.startswith("phi-3"):
+        env.append({"name": "DEFAULT_TARGET_MODULES", "value": PHI3_TARGET_MODULES})
+    gpus = {GPU_RESOURCE: str(ctx.gpus_per_node)}
+    return {
+        "name": ctx.name,
+        "image": ctx.options.runtime_image,
+        "imagePullPolicy": ctx.options.image_pull_policy,
+        "command": command,
+        "args": args,
+        "env": env,
+        "resources": {"requests": dict(gpus), "limits": dict(gpus)},
+        "volumeMounts": [
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "model-weights-volume", "mountPath": WEIGHTS_DIR},
+            {"name": "config-volume", "mountPath": CONFIG_MOUNT},
+            {"name": "results-volume", "mountPath": output_dir},
+            {"name": "data-volume", "mountPath": DATA_DIR},
+        ],
+    }
+
+
+def _pusher(ctx: WorkspaceContext, output_dir: str, image: str) -> JSON:
+    """Pushes the finished adapter; runs after the trainer, so its exit ends the pod."""
+    preset = ctx.preset
+    assert preset is not None
+    return {
+        "name": "pusher",
+        "image": ctx.options.runtime_image,
+        "imagePullPolicy": ctx.options.image_pull_policy,
+        "command": ["python", "-m", "kaito.runtime.tuning"],
+        "args": [
+            f"--config={CONFIG_MOUNT}/{TRAINING_CONFIG_KEY}",
+            f"--dataset-dir={DATA_DIR}",
+            f"--output-dir={output_dir}",
+            f"--push={image}",
+            f"--model-name={preset.name}",
+            f"--docker-config={DOCKER_CONFIG_DIR}/config.json",
+            "--quiet",
+        ],
+        "volumeMounts": [
+            {"name": "config-volume", "mountPath": CONFIG_MOUNT},
+            {"name": "results-volume", "mountPath": output_dir},
+            {"name": "data-volume", "mountPath": DATA_DIR},
+            {"name": "docker-config", "mountPath": DOCKER_CONFIG_DIR},
+        ],
+    }
+
+
+def build_job(ctx: WorkspaceContext, *, output_dir: str = "/mnt/results") -> JSON:
+    """Job `<ws>` (upstream §10) with the stages as init containers, in order."""
+    tuning = _tuning(ctx)
+    inits, input_volumes = _input_stage(ctx)
+    tuner = _tuner(ctx, output_dir)
+    volumes: list[JSON] = [
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        {"name": "model-weights-volume", "emptyDir": {}},
+        {"name": "config-volume", "configMap": {"name": tuning.config_map_name}},
+        _volume("data-volume", tuning.input.volume_source if not inits else None),
+        _volume("results-volume", tuning.output.volume_source),
+        *input_volumes,
+    ]
+    spec: JSON = {"restartPolicy": "Never", "tolerations": tolerations(ctx.options.cloud_provider)}
+    output = tuning.output
+    if output.image and output.volume_source is None:
+        secret = output.image_push_secret or ""
+        volumes.append(_secret_volume("docker-config", [secret], single=True))
+        spec["initContainers"] = [*inits, tuner]
+        spec["containers"] = [_pusher(ctx, output_dir, output.image)]
+        spec["imagePullSecrets"] = [{"name": secret}]
+    else:
+        if inits:
+            spec["initContainers"] = inits
+        spec["containers"] = [tuner]
+    spec["volumes"] = volumes
+    affinity = node_affinity(ctx.match_labels)
+    if affinity is not None:
+        spec["affinity"] = affinity
+    metadata = child_metadata(ctx, ctx.name, annotations={ANNOTATION_REVISION: ctx.revision})
+    return stamp(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": metadata,
+            "spec": {
+                "backoffLimit": BACKOFF_LIMIT,
+                "template": {"metadata": {"labels": dict(metadata["labels"])}, "spec": spec},
+            },
+        }
+    )
+
+
+def _volume(name: str, source: dict[str, Any] | None) -> JSON:
+    if source:
+        return {"name": name, **source}
+    return {"name": name, "emptyDir": {}}

@@ -1,0 +1,1 @@
+"""The pure planner: plan(workspace, observed) -> objects to apply/delete, status, requeue."""
