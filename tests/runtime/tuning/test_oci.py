@@ -90,7 +90,7 @@ def test_a_pulled_adapter_matches_what_was_pushed(
 def test_an_incomplete_adapter_is_refused_before_any_push(tmp_path: Path) -> None:
     adapter = _fake_adapter(tmp_path / "adapter")
     (adapter / "adapter_model.safetensors").unlink()
-    with pytest.raises(AdapterError, match="adapter_model.safetensors"):
+    with pytest.raises(AdapterError, match=r"adapter_model\.safetensors"):
         push_adapter(adapter, "127.0.0.1:1/x:y", model_name="m")
 
 
