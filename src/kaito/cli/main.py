@@ -6,6 +6,7 @@ import typer
 
 from kaito import __version__
 from kaito.cli import demo, dev, serve
+from kaito.cli import operator as operator_cli
 from kaito.cli import presets as presets_cli
 from kaito.cli import tune as tune_cli
 from kaito.cli import validate as validate_cli
@@ -31,6 +32,7 @@ app.command(name="tune", context_settings=tune_cli.SETTINGS, add_help_option=Fal
 app.add_typer(dev.app, name="dev")
 app.command(name="validate")(validate_cli.validate)
 app.command(name="presets")(presets_cli.presets)
+app.add_typer(operator_cli.app, name="operator")
 
 if __name__ == "__main__":
     app()

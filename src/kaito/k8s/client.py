@@ -1,0 +1,230 @@
+"""Async Kubernetes access for the controller: observe, apply (SSA), delete, status, events."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import uuid
+from collections.abc import Mapping
+from typing import Any, cast
+
+from lightkube import ApiError, AsyncClient, KubeConfig
+from lightkube.resources.apps_v1 import StatefulSet
+from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import ConfigMap, Event, Node, Pod, Service
+from lightkube.types import CascadeType, PatchType
+
+from kaito.api.workspace import Workspace as WorkspaceModel
+from kaito.k8s.resources import NodeClaim, Workspace, resource_for
+from kaito.manifests.keys import FIELD_MANAGER, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE
+from kaito.manifests.options import ClusterOptions
+from kaito.reconcile.observed import Observed, wanted_config_maps
+from kaito.reconcile.planner import Event as PlannedEvent
+from kaito.reconcile.planner import ObjectRef
+
+JSON = dict[str, Any]
+CASCADE = {
+    "Foreground": CascadeType.FOREGROUND,
+    "Background": CascadeType.BACKGROUND,
+    "Orphan": CascadeType.ORPHAN,
+}
+
+
+def to_json(obj: Any) -> JSON:
+    """A lightkube object (model or generic) as plain JSON."""
+    if isinstance(obj, dict):
+        return obj
+    result: JSON = obj.to_dict()
+    return result
+
+
+def is_not_found(error: ApiError) -> bool:
+    return getattr(error.status, "code", None) == 404
+
+
+def is_conflict(error: ApiError) -> bool:
+    return getattr(error.status, "code", None) == 409
+
+
+def rfc3339(moment: datetime.datetime | None = None) -> str:
+    moment = moment or datetime.datetime.now(datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Kube:
+    """One lightkube AsyncClient, one field manager, and the calls the controller makes."""
+
+    def __init__(self, client: AsyncClient, *, field_manager: str = FIELD_MANAGER) -> None:
+        self.client = client
+        self.field_manager = field_manager
+
+    @classmethod
+    def from_env(cls, *, field_manager: str = FIELD_MANAGER) -> Kube:
+        """KUBECONFIG (or ~/.kube/config), else the in-cluster service account."""
+        config = KubeConfig.from_env()
+        return cls(AsyncClient(config, field_manager=field_manager), field_manager=field_manager)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    # --- reads ---------------------------------------------------------------------------
+
+    async def get(self, res: Any, name: str, namespace: str | None = None) -> JSON | None:
+        try:
+            if namespace is None:
+                return to_json(await self.client.get(res, name))
+            return to_json(await self.client.get(res, name, namespace=namespace))
+        except ApiError as error:
+            if is_not_found(error):
+                return None
+            raise
+
+    async def list_json(
+        self, res: Any, *, namespace: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> list[JSON]:
+        selector: dict[str, Any] | None = dict(labels) if labels else None
+        if namespace is None:
+            items = self.client.list(res, labels=selector)
+        else:
+            items = self.client.list(res, namespace=namespace, labels=selector)
+        return [to_json(item) async for item in items]
+
+    async def config_map_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        found = await self.get(ConfigMap, name, namespace)
+        return None if found is None else dict(found.get("data") or {})
+
+    async def nodeclaims_of(self, namespace: str, name: str) -> list[JSON]:
+        labels = {LABEL_WORKSPACE: name, LABEL_WORKSPACE_NAMESPACE: namespace}
+        return await self.list_json(NodeClaim, labels=labels)
+
+    async def observe(self, workspace: WorkspaceModel, options: ClusterOptions) -> Observed:
+        """Everything the planner reads for one workspace, fetched concurrently."""
+        ns, name = workspace.namespace, workspace.name
+        selector = workspace.resource.label_selector.as_map() if workspace.resource else {}
+        preferred = list(workspace.resource.preferred_nodes or []) if workspace.resource else []
+        own = {LABEL_WORKSPACE: name}
+        wanted = wanted_config_maps(workspace, options)
+
+        async def none() -> None:
+            return None
+
+        async def nodes() -> list[JSON]:
+            # The selector keeps the list small; preferred nodes are fetched by name.
+            found = await self.list_json(Node, labels=selector or None)
+            names = {n["metadata"]["name"] for n in found}
+            for extra in preferred:
+                if extra not in names and (node := await self.get(Node, extra)) is not None:
+                    found.append(node)
+            return found
+
+        async def claims() -> list[JSON]:
+            return await self.nodeclaims_of(ns, name) if options.uses_nodeclaims else []
+
+        lists = asyncio.gather(
+            claims(),
+            nodes(),
+            self.list_json(Service, namespace=ns, labels=own),
+            self.list_json(Pod, namespace=ns, labels=own),
+        )
+        singles = asyncio.gather(
+            self.get(StatefulSet, name, ns) if workspace.inference is not None else none(),
+            self.get(Job, name, ns) if workspace.tuning is not None else none(),
+        )
+        maps = asyncio.gather(*(self.config_map_data(cm_ns, cm_name) for cm_ns, cm_name in wanted))
+        (found_claims, found_nodes, services, pods), (sts, job), datas = await asyncio.gather(
+            lists, singles, maps
+        )
+        config_maps = {
+            key: data for key, data in zip(wanted, datas, strict=True) if data is not None
+        }
+        return Observed(
+            nodeclaims=tuple(found_claims),
+            nodes=tuple(found_nodes),
+            statefulset=sts,
+            job=job,
+            services=tuple(services),
+            pods=tuple(pods),
+            config_maps=config_maps,
+            config_maps_seen=frozenset(wanted),
+        )
+
+    # --- writes --------------------------------------------------------------------------
+
+    async def apply(self, obj: Mapping[str, Any]) -> JSON:
+        """Server-side apply under the controller's field manager (force: kaito owns these)."""
+        res = resource_for(obj["apiVersion"], obj["kind"])
+        meta = obj["metadata"]
+        kwargs: dict[str, Any] = {
+            "patch_type": PatchType.APPLY,
+            "field_manager": self.field_manager,
+            "force": True,
+        }
+        if meta.get("namespace"):
+            kwargs["namespace"] = meta["namespace"]
+        return to_json(await self.client.patch(res, meta["name"], dict(obj), **kwargs))
+
+    async def delete(self, ref: ObjectRef) -> None:
+        res = resource_for(ref.api_version, ref.kind)
+        try:
+            if ref.namespace:
+                await self.client.delete(
+                    res, ref.name, namespace=ref.namespace, cascade=CASCADE[ref.propagation]
+                )
+            else:
+                await self.client.delete(res, ref.name, cascade=CASCADE[ref.propagation])
+        except ApiError as error:
+            if not is_not_found(error):
+                raise
+
+    async def write_status(
+        self, namespace: str, name: str, old: Mapping[str, Any], new: Mapping[str, Any]
+    ) -> None:
+        """Merge-patch the status subresource; keys the planner dropped are nulled."""
+        patch = {**{key: None for key in old if key not in new}, **new}
+        await self.client.patch(
+            Workspace.Status,
+            name,
+            {"status": patch},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+        )
+
+    async def annotate(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+        await self.client.patch(
+            Workspace,
+            name,
+            {"metadata": {"annotations": dict(annotations)}},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+        )
+
+    async def event(self, body: Mapping[str, Any], event: PlannedEvent) -> None:
+        """A core/v1 Event about the workspace; losing one is not worth failing a reconcile."""
+        meta = body.get("metadata") or {}
+        now = rfc3339()
+        record = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{meta.get('name')}.{uuid.uuid4().hex[:12]}",
+                "namespace": meta.get("namespace"),
+            },
+            "involvedObject": {
+                "apiVersion": body.get("apiVersion"),
+                "kind": "Workspace",
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": event.message,
+            "source": {"component": "kaito-workspace-controller"},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.client.create(cast(Event, Event.from_dict(record)))
+        except ApiError:
+            return

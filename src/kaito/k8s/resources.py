@@ -1,0 +1,31 @@
+"""Resource classes by apiVersion and kind, including kaito's and Karpenter's CRDs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightkube.generic_resource import create_global_resource, create_namespaced_resource
+from lightkube.resources.apps_v1 import StatefulSet
+from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import ConfigMap, Event, Node, Pod, Secret, Service
+
+Workspace = create_namespaced_resource("kaito.sh", "v1beta1", "Workspace", "workspaces")
+NodeClaim = create_global_resource("karpenter.sh", "v1", "NodeClaim", "nodeclaims")
+
+RESOURCES: dict[tuple[str, str], Any] = {
+    ("v1", "ConfigMap"): ConfigMap,
+    ("v1", "Service"): Service,
+    ("v1", "Pod"): Pod,
+    ("v1", "Node"): Node,
+    ("v1", "Secret"): Secret,
+    ("v1", "Event"): Event,
+    ("apps/v1", "StatefulSet"): StatefulSet,
+    ("batch/v1", "Job"): Job,
+    ("karpenter.sh/v1", "NodeClaim"): NodeClaim,
+    ("kaito.sh/v1beta1", "Workspace"): Workspace,
+}
+
+
+def resource_for(api_version: str, kind: str) -> Any:
+    """The lightkube class for an apiVersion/kind; KeyError for kinds kaito never touches."""
+    return RESOURCES[(api_version, kind)]

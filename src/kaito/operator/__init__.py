@@ -1,0 +1,1 @@
+"""kopf wiring for the Workspace controller: handlers, admission webhook, settings, entry point."""

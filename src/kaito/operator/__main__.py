@@ -1,0 +1,5 @@
+"""`python -m kaito.operator`: run the Workspace operator with settings from KAITO_* variables."""
+
+from kaito.operator.main import run
+
+run()

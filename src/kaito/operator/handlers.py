@@ -1,0 +1,97 @@
+"""kopf registration: a daemon per Workspace, child watchers that wake it, deletion, webhook."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from kaito.k8s.client import Kube
+from kaito.manifests.keys import FINALIZER, LABEL_WORKSPACE
+from kaito.operator.controller import Controller
+from kaito.operator.settings import Settings
+from kaito.operator.webhook import WEBHOOK_NAME, admission_errors, webhook_server
+
+WORKSPACES = ("kaito.sh", "v1beta1", "workspaces")
+OWNED = {LABEL_WORKSPACE: kopf.PRESENT}
+
+
+def build_registry(settings: Settings) -> kopf.OperatorRegistry:
+    """All handlers of the operator in a fresh registry (no module-level global state)."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        op_settings = _settings
+        # Upstream's finalizer name, so clients and cleanup scripts recognise it.
+        settings.persistence.finalizer = FINALIZER
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kaito.sh")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="kaito.sh", key="last-handled-configuration"
+        )
+        settings.posting.enabled = False
+        settings.watching.server_timeout = 120
+        settings.watching.client_timeout = 150
+        if op_settings.webhook_enabled:
+            settings.admission.server = webhook_server(op_settings)
+            if op_settings.webhook_managed:
+                settings.admission.managed = WEBHOOK_NAME
+        memo.controller = Controller(Kube.from_env(), op_settings)
+
+    _settings = settings
+
+    @kopf.on.cleanup(registry=registry)
+    async def close(memo: kopf.Memo, **_: Any) -> None:
+        controller: Controller | None = getattr(memo, "controller", None)
+        if controller is not None:
+            await controller.kube.close()
+
+    @kopf.daemon(*WORKSPACES, registry=registry, cancellation_timeout=10.0, backoff=5.0)
+    async def workspace_daemon(
+        body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any
+    ) -> None:
+        # kopf keeps `body` current as watch events arrive, so each pass sees the latest spec.
+        controller: Controller = memo.controller
+        await controller.run_loop(body, stopped)
+
+    @kopf.on.event(*WORKSPACES, registry=registry)
+    def workspace_changed(
+        name: str | None, namespace: str | None, memo: kopf.Memo, **_: Any
+    ) -> None:
+        controller: Controller | None = getattr(memo, "controller", None)
+        if controller is not None:
+            controller.wake(namespace, name)
+
+    @kopf.on.delete(*WORKSPACES, registry=registry)
+    async def workspace_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        """Delete the NodeClaims; ownerReferences take care of everything else."""
+        controller: Controller = memo.controller
+        await controller.reconcile(body)
+
+    def child_changed(body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+        controller: Controller | None = getattr(memo, "controller", None)
+        if controller is not None:
+            controller.wake_for_child(body, namespace)
+
+    for resource in (
+        ("karpenter.sh", "v1", "nodeclaims"),
+        ("apps", "v1", "statefulsets"),
+        ("batch", "v1", "jobs"),
+        ("", "v1", "pods"),
+    ):
+        kopf.on.event(*resource, labels=OWNED, registry=registry)(child_changed)
+
+    @kopf.on.validate("kaito.sh", "workspaces", registry=registry, operations=["CREATE", "UPDATE"])
+    async def validate(body: kopf.Body, memo: Any, warnings: list[str], **kwargs: Any) -> None:
+        controller: Controller = memo.controller
+        old = kwargs.get("old")
+        errors, notes = await admission_errors(
+            controller.kube, controller.settings, body, dict(old) if old else None
+        )
+        warnings.extend(notes)
+        if errors:
+            raise kopf.AdmissionError("; ".join(errors), code=422)
+
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    return registry

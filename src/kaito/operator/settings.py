@@ -1,0 +1,136 @@
+"""The operator's settings: one frozen object read once from `KAITO_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from kaito.manifests.options import (
+    DEFAULT_RUNTIME_IMAGE,
+    NODE_PROVISIONERS,
+    ClusterOptions,
+    NodeProvisioner,
+)
+
+PREFIX = "KAITO_"
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value the operator cannot use; the message names it."""
+
+
+def _setting(default: Any, doc: str) -> Any:
+    """A field with its documentation (unit and meaning) kept in the field metadata."""
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Operator settings. Each field reads `KAITO_<FIELD NAME IN UPPER CASE>`."""
+
+    cloud_provider: str = _setting(
+        "azure", "azure | aws | arc: SKU table and NodeClaim NodeClass kind."
+    )
+    node_provisioner: NodeProvisioner = _setting(  # noqa: RUF009
+        "azure-gpu-provisioner",
+        "azure-gpu-provisioner | karpenter: create karpenter.sh/v1 NodeClaims; "
+        "byo: use existing labelled GPU nodes only, never create nodes.",
+    )
+    runtime_image: str = _setting(
+        DEFAULT_RUNTIME_IMAGE,
+        "Image with kaito.runtime: inference server, tuning runtime, pullers, pusher.",
+    )
+    image_pull_policy: str = _setting("IfNotPresent", "Pull policy of runtime_image.")
+    default_node_image_family: str = _setting(
+        "ubuntu", "ubuntu | azurelinux, NodeClaim annotation kaito.sh/node-image-family."
+    )
+    node_class_name: str = _setting("default", "NodeClaim spec.nodeClassRef.name.")
+    release_namespace: str = _setting("kaito-system", "Namespace of the default tuning templates.")
+    feature_vllm: bool = _setting(
+        True, "vLLM feature gate; false serves every preset with transformers."
+    )
+    watch_namespace: str = _setting("", "Reconcile only this namespace; empty: the whole cluster.")
+    max_concurrent_reconciles: int = _setting(
+        10, "Reconciles running at once across all workspaces (count)."
+    )
+    resync_seconds: float = _setting(
+        300.0, "Seconds between reconciles of a workspace that nothing happens to."
+    )
+    error_backoff_seconds: float = _setting(
+        5.0, "Seconds before retrying after an unexpected error."
+    )
+    webhook_enabled: bool = _setting(False, "Serve the validating admission webhook.")
+    webhook_address: str = _setting(
+        "0.0.0.0",
+        "Address the webhook server listens on.",
+    )
+    webhook_host: str = _setting(
+        "", "Host name or IP the apiserver calls (empty: webhook_address)."
+    )
+    webhook_port: int = _setting(9443, "Webhook HTTPS port (chart value webhook.port).")
+    webhook_cert_dir: str = _setting(
+        "", "Directory with tls.crt and tls.key (optional ca.crt); empty: self-signed."
+    )
+    webhook_managed: bool = _setting(
+        True,
+        "Let the operator create and update the ValidatingWebhookConfiguration "
+        "validation.workspace.kaito.sh itself.",
+    )
+
+    def cluster_options(self) -> ClusterOptions:
+        return ClusterOptions(
+            cloud_provider=self.cloud_provider,
+            node_provisioner=self.node_provisioner,
+            runtime_image=self.runtime_image,
+            image_pull_policy=self.image_pull_policy,
+            default_node_image_family=self.default_node_image_family,
+            node_class_name=self.node_class_name,
+            release_namespace=self.release_namespace,
+            vllm_enabled=self.feature_vllm,
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every field from `KAITO_<NAME>`; unset variables keep the defaults."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            key = PREFIX + item.name.upper()
+            if key not in env:
+                continue
+            raw = env[key].strip()
+            default = item.default
+            try:
+                if isinstance(default, bool):
+                    if raw.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                        raise ValueError("expected true or false")
+                    values[item.name] = raw.lower() in ("1", "true", "yes", "on")
+                elif isinstance(default, int):
+                    values[item.name] = int(raw)
+                elif isinstance(default, float):
+                    values[item.name] = float(raw)
+                else:
+                    values[item.name] = raw
+            except ValueError as exc:
+                raise SettingsError(f"{key}={raw!r}: {exc}") from exc
+        settings = cls(**values)
+        if settings.node_provisioner not in NODE_PROVISIONERS:
+            raise SettingsError(
+                f"{PREFIX}NODE_PROVISIONER={settings.node_provisioner!r}: use one of "
+                f"{', '.join(NODE_PROVISIONERS)}"
+            )
+        if settings.cloud_provider not in ("azure", "aws", "arc"):
+            raise SettingsError(
+                f"{PREFIX}CLOUD_PROVIDER={settings.cloud_provider!r}: use azure, aws or arc"
+            )
+        return settings
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """(variable, default, meaning) for every setting, for docs and `--help`."""
+        return [
+            (PREFIX + f.name.upper(), repr(f.default), str(f.metadata.get("doc", "")))
+            for f in fields(cls)
+        ]

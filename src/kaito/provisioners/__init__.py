@@ -1,0 +1,1 @@
+"""Node provisioning back-ends: NodeClaims (gpu-provisioner, Karpenter), existing nodes, kwok."""
