@@ -10,6 +10,8 @@ from kaito.cli import operator as operator_cli
 from kaito.cli import presets as presets_cli
 from kaito.cli import tune as tune_cli
 from kaito.cli import validate as validate_cli
+from kaito.cli.chat import chat
+from kaito.cli.run import run
 
 app = typer.Typer(
     name="kaito",
@@ -33,6 +35,8 @@ app.add_typer(dev.app, name="dev")
 app.command(name="validate")(validate_cli.validate)
 app.command(name="presets")(presets_cli.presets)
 app.add_typer(operator_cli.app, name="operator")
+app.command(name="run")(run)
+app.command(name="chat")(chat)
 
 if __name__ == "__main__":
     app()
