@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from kaito.api import crd as crd_module
-from kaito.devcluster import ApiClient, install_crd
+from kaito.devcluster import ApiClient
 from tests.unit.api.builders import (
     LEGACY_EXAMPLE,
     REPO,
@@ -37,7 +37,17 @@ ADMISSION_CASES = [(i, b, f) for i, b, f in INVALID if i not in NOT_ADMISSION]
 def workspace_crd(api: ApiClient) -> dict[str, Any]:
     """The checked-in Workspace CRD, applied once and established."""
     crd: dict[str, Any] = yaml.safe_load((REPO / crd_module.CRD_PATH).read_text())
-    return install_crd(api, crd)
+    api.apply(crd)
+    path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}"
+
+    def established() -> dict[str, Any] | None:
+        # Right after creation `status.conditions` may be null, not missing.
+        found = api.get(path)
+        conditions = (found.get("status") or {}).get("conditions") or []
+        ok = any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
+        return found if ok else None
+
+    return api.wait_for(established, timeout_s=60, what="the Workspace CRD to be established")
 
 
 def _here(body: Body) -> str:
@@ -71,7 +81,7 @@ def test_the_legacy_tuning_workspace_is_admitted_unchanged(
     workspace_crd: dict[str, Any], kubectl: Kubectl
 ) -> None:
     kubectl("apply", "-f", str(LEGACY_EXAMPLE))
-    stored = get(kubectl, "workspace-tuning-phi-3")
+    stored = get(kubectl, "workspace-tuning-phi-3", "workspaces.v1alpha1.kaito.sh")
     legacy = legacy_tuning_workspace()
     assert stored["apiVersion"] == "kaito.sh/v1alpha1"
     assert stored["tuning"]["output"] == legacy["tuning"]["output"]
@@ -184,7 +194,7 @@ def test_v1alpha1_columns_are_upstreams_plus_preset_and_progress(
 
 def test_explain_shows_field_docs(workspace_crd: dict[str, Any], kubectl: Kubectl) -> None:
     tuning = kubectl("explain", "workspace.tuning").stdout
-    assert "Fine-tune a preset" in tuning
+    assert "Fine-tune a model" in tuning
     for field in ("method", "input", "output", "preset", "config"):
         assert field in tuning
     method = kubectl("explain", "workspace.tuning.method").stdout
