@@ -20,10 +20,32 @@ import time
 from pathlib import Path
 from typing import Any
 
-WORDS = (
-    "cluster node model adapter tuning gpu kernel batch token layer weight image registry "
-    "workspace preset inference server request latency memory throughput schedule"
-).split()
+WORDS = tuple(
+    [
+        "cluster",
+        "node",
+        "model",
+        "adapter",
+        "tuning",
+        "gpu",
+        "kernel",
+        "batch",
+        "token",
+        "layer",
+        "weight",
+        "image",
+        "registry",
+        "workspace",
+        "preset",
+        "inference",
+        "server",
+        "request",
+        "latency",
+        "memory",
+        "throughput",
+        "schedule",
+    ]
+)
 
 
 def make_examples(count: int, seed: int) -> list[dict[str, Any]]:
