@@ -150,3 +150,23 @@ def target_node_count(
 def tuning_gpu_count(sku: Sku) -> int:
     """GPUs per tuning pod: the SKU's count, or 1 for an unknown SKU (v0.3.0 behaviour)."""
     return sku.gpus if sku.known and sku.gpus > 0 else 1
+
+
+# Rough per-GPU training footprint, used only for warnings (never to reject: see upstream §1.5).
+TUNING_ACTIVATION_FACTOR = 2  # activations kept for backward ~ 2x the fp16 KV bytes per token
+LORA_STATE_FRACTION = 0.02  # adapter weights + gradients + Adam states, relative to the base
+QLORA_WEIGHT_FRACTION = 0.25 * 1.1  # 4-bit base weights plus quantization constants
+
+
+def estimate_tuning_memory_gib(preset: Preset, method: str, *, max_seq_len: int = 2048) -> float:
+    """Approximate GPU memory (GiB, per GPU) to fine-tune `preset` with LoRA or QLoRA.
+
+    base weights (bf16, or 4-bit for qlora) + adapter/optimizer state + runtime reserve
+    + activations for one sequence of `max_seq_len` tokens. Data-parallel tuning keeps a full
+    copy per GPU, so more GPUs do not lower this number.
+    """
+    fraction = QLORA_WEIGHT_FRACTION if method.lower() == "qlora" else 1.0
+    weights = preset.weights_gib * fraction
+    state = preset.weights_gib * LORA_STATE_FRACTION
+    activations = TUNING_ACTIVATION_FACTOR * kv_cache_gib(preset, max_seq_len)
+    return weights + state + RESERVE_PER_GPU_GIB + activations

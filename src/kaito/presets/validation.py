@@ -31,6 +31,7 @@ from kaito.presets.catalog import Catalog, Preset, default_catalog, select_runti
 from kaito.presets.estimator import (
     bypass_resource_checks,
     estimate_nodes,
+    estimate_tuning_memory_gib,
     has_enough_total_memory,
 )
 from kaito.presets.skus import Sku, SkuTable, default_skus, is_azure_gpu_family
@@ -241,6 +242,11 @@ def _same_spec(body: Any, old: Any) -> bool:
     return all(body.get(k) == old.get(k) for k in sections)
 
 
+def admission_message(errors: list[FieldError]) -> str:
+    """One message for an admission response: every error as `field: message`, joined."""
+    return "; ".join(str(e) for e in errors if e.severity == "error")
+
+
 def validate_workspace(
     body: Any,
     *,
@@ -304,7 +310,8 @@ def workspace_warnings(
     skus: SkuTable | None = None,
     cloud_provider: str | None = "azure",
 ) -> list[FieldError]:
-    """Admissible-but-suspicious things: unknown SKU fallback, non-Docker image names."""
+    """Admissible-but-suspicious things: unknown SKU fallback, non-Docker image names, and
+    tuning that likely exceeds the GPU memory (a warning only, for legacy compatibility)."""
     skus = skus or default_skus()
     try:
         workspace = parse_workspace(body)
@@ -312,7 +319,23 @@ def workspace_warnings(
         return []
     warnings = image_warnings(workspace)
     instance_type = workspace.instance_type
-    if instance_type and skus.get(instance_type, cloud_provider) is None:
+    sku = skus.get(instance_type, cloud_provider) if instance_type else None
+    preset = default_catalog().get(workspace.preset_name or "")
+    if workspace.tuning is not None and sku is not None and preset is not None:
+        need = estimate_tuning_memory_gib(preset, workspace.tuning.method)
+        have = sku.gpu_memory_per_gpu_gib
+        if 0 < have < need:
+            hint = "use qlora or " if workspace.tuning.method == "lora" else ""
+            warnings.append(
+                FieldError(
+                    "resource.instanceType",
+                    f"{workspace.tuning.method} tuning of {preset.name} needs about "
+                    f"{need:.0f} GiB per GPU, but {sku.name} has {have:g} GiB: {hint}choose a "
+                    "larger GPU if the job runs out of memory",
+                    severity="warning",
+                )
+            )
+    if instance_type and sku is None:
         warnings.append(
             FieldError(
                 "resource.instanceType",

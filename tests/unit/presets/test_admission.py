@@ -267,3 +267,18 @@ def test_updates_that_change_the_spec_are_checked_in_full() -> None:
     old = tuning_workspace()
     new = with_(old, "tuning.input.urls", ["http://127.0.0.1/x"])
     assert fields(new, old=old) == ["tuning.input.urls[0]"]
+
+
+def test_tuning_that_likely_runs_out_of_memory_only_warns() -> None:
+    body = tuning_workspace(preset="phi-4", method="lora", instance_type="Standard_NC6s_v3")
+    assert validate_workspace(body) == []
+    warning = next(w for w in workspace_warnings(body) if w.field == "resource.instanceType")
+    assert "use qlora" in warning.message and warning.severity == "warning"
+
+
+def test_the_admission_message_joins_errors_and_leaves_out_warnings() -> None:
+    from kaito.api import FieldError
+    from kaito.presets.validation import admission_message
+
+    errors = [FieldError("a", "x"), FieldError("b", "y"), FieldError("c", "z", severity="warning")]
+    assert admission_message(errors) == "a: x; b: y"

@@ -121,3 +121,14 @@ def test_target_node_count_follows_the_estimator_for_vllm_and_count_for_transfor
     llama = preset("llama-3.3-70b-instruct")
     assert target_node_count(workspace, llama, a100, "vllm") == 3
     assert target_node_count(workspace, llama, a100, "transformers") == 2
+
+
+def test_qlora_of_phi_3_mini_fits_a_v100_and_lora_of_phi_4_does_not() -> None:
+    from kaito.presets.estimator import estimate_tuning_memory_gib
+
+    # qlora: 7.12 x 0.275 + 7.12 x 0.02 + 2.3 + 2 x 2048 x 393216 / 2^30 = 1.958 + 0.142 + 2.3 + 1.5
+    phi3 = estimate_tuning_memory_gib(preset("phi-3-mini-128k-instruct"), "qlora")
+    assert phi3 == pytest.approx(5.9, abs=0.01)
+    assert phi3 < sku("Standard_NC6s_v3").gpu_memory_per_gpu_gib
+    phi4 = estimate_tuning_memory_gib(preset("phi-4"), "lora")
+    assert phi4 > sku("Standard_NC6s_v3").gpu_memory_per_gpu_gib
