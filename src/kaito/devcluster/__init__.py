@@ -14,7 +14,7 @@ from kaito.devcluster.karpenter import (
     install_crd,
     install_nodeclaim_crd,
     nodeclaim_crd,
-    nodeclaim_crd_path,
+    nodeclaim_crd_text,
 )
 from kaito.devcluster.nodes import (
     GPU_RESOURCE,
@@ -47,6 +47,6 @@ __all__ = [
     "kubectl_path",
     "node_is_ready",
     "nodeclaim_crd",
-    "nodeclaim_crd_path",
+    "nodeclaim_crd_text",
     "read_state",
 ]

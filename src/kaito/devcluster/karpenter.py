@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +25,12 @@ def karpenter_version() -> str:
     return os.environ.get("KARPENTER_VERSION") or DEFAULT_KARPENTER_VERSION
 
 
-def nodeclaim_crd_path(version: str | None = None) -> Path:
-    """Path of the NodeClaim CRD inside the module cache (downloads the module if needed)."""
-    version = version or karpenter_version()
-    recorded = bin_dir() / "karpenter-nodeclaims-crd.path"
-    if version == DEFAULT_KARPENTER_VERSION and recorded.is_file():
-        path = Path(recorded.read_text().strip())
-        if path.is_file():
-            return path
+def _crd_from_module(version: str) -> str:
     go = shutil.which("go")
     if go is None:
         raise FileNotFoundError("the Karpenter CRD needs `go` to read sigs.k8s.io/karpenter")
-    # A version already in GOMODCACHE resolves without the network.
+    # A version already in GOMODCACHE resolves without the network. The zip is read rather than
+    # the extracted directory because Go refuses to extract a module that asks for a newer Go.
     result = subprocess.run(
         [go, "mod", "download", "-json", f"sigs.k8s.io/karpenter@{version}"],
         capture_output=True,
@@ -44,21 +39,34 @@ def nodeclaim_crd_path(version: str | None = None) -> Path:
         cwd=Path.home(),
     )
     info: dict[str, Any] = json.loads(result.stdout or "{}")
-    if result.returncode != 0 or "Dir" not in info:
+    if "Zip" not in info:
         raise FileNotFoundError(
             f"cannot download sigs.k8s.io/karpenter@{version}: {info.get('Error') or result.stderr}"
         )
-    return Path(info["Dir"]) / NODECLAIM_CRD_IN_MODULE
+    with zipfile.ZipFile(info["Zip"]) as archive:
+        member = f"{info['Path']}@{info['Version']}/{NODECLAIM_CRD_IN_MODULE}"
+        return archive.read(member).decode()
+
+
+def nodeclaim_crd_text(version: str | None = None) -> str:
+    """The NodeClaim CRD YAML: the build script's copy, else read from the Go module."""
+    version = version or karpenter_version()
+    directory = bin_dir()
+    copied = directory / "karpenter.sh_nodeclaims.yaml"
+    recorded = directory / "karpenter.version"
+    if copied.is_file() and recorded.is_file() and recorded.read_text().strip() == version:
+        return copied.read_text()
+    return _crd_from_module(version)
 
 
 def nodeclaim_crd(version: str | None = None) -> JSON:
     """The NodeClaim CustomResourceDefinition as a dict."""
-    loaded: JSON = yaml.safe_load(nodeclaim_crd_path(version).read_text())
+    loaded: JSON = yaml.safe_load(nodeclaim_crd_text(version))
     return loaded
 
 
 def crd_established(crd: JSON) -> bool:
-    conditions = crd.get("status", {}).get("conditions", [])
+    conditions = (crd.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
 
 

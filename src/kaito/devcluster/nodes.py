@@ -94,11 +94,11 @@ def fake_gpu_node(name: str, *, gpus: int = 1, **options: Any) -> JSON:
 
 def node_is_ready(node: Mapping[str, Any]) -> bool:
     """True when the Ready condition is True and the not-ready taint has been lifted."""
-    conditions = node.get("status", {}).get("conditions", [])
+    conditions = (node.get("status") or {}).get("conditions") or []
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
     # The controller-manager removes the not-ready taint a moment after Ready turns True; until
     # then the scheduler still refuses the node.
-    taints = node.get("spec", {}).get("taints", [])
+    taints = (node.get("spec") or {}).get("taints") or []
     not_ready = any(t.get("key") == "node.kubernetes.io/not-ready" for t in taints)
     return ready and not not_ready
 
