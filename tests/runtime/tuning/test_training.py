@@ -202,3 +202,19 @@ def test_a_mixed_directory_trains_from_every_format(trained: Path) -> None:
     assert metadata is not None
     suffixes = sorted(Path(d["path"]).suffix for d in metadata["datasets"])
     assert suffixes == [".csv", ".json", ".jsonl", ".parquet"]
+
+
+@pytest.mark.gpu
+def test_qlora_trains_a_four_bit_base_on_cuda(tmp_path: Path, model_dir: Path) -> None:
+    pytest.importorskip("bitsandbytes")
+    from kaito.runtime.tuning.config import template_path
+
+    config = load_config(template_path("qlora")).with_training(
+        max_steps=2, max_length=64, per_device_train_batch_size=2, logging_steps=1
+    )
+    config = config.replace(lora={**config.lora, "target_modules": ["q_proj", "v_proj"]})
+    data = write_rows(tmp_path / "data" / "train.jsonl", messages_rows(8)).parent
+    result = run_tuning(config, data, tmp_path / "out", model_path=str(model_dir), console=False)
+    assert result.metadata["method"] == "qlora"
+    assert result.metrics["global_step"] == 2
+    assert is_complete(tmp_path / "out")
