@@ -110,7 +110,6 @@ class TransformersEngine:
         self._stopping = False
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
-        self._running_count = 0
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -131,7 +130,8 @@ class TransformersEngine:
 
     @property
     def num_running(self) -> int:
-        return self._running_count
+        batch = self._batch  # read once: the worker may swap it concurrently
+        return len(batch.seqs) if batch is not None else 0
 
     # ---- requests ----------------------------------------------------------------------------
 
@@ -269,7 +269,6 @@ class TransformersEngine:
                 except Exception as exc:  # a broken step must not take the server down
                     log.exception("engine step failed")
                     self._abort_where(lambda _seq: True, f"generation failed: {exc}")
-                self._running_count = len(self._batch.seqs) if self._batch else 0
         self._abort_where(lambda _seq: True, "the server is shutting down")
         for seq in list(self._waiting):
             seq.sink(_error_delta(seq, "the server is shutting down"))

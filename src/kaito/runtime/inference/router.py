@@ -58,7 +58,8 @@ def _disconnect_probe(request: Request) -> Callable[[], Awaitable[bool]]:
 
 
 def build_app(serving: InferenceServing, load_in_background: bool = True) -> FastAPI:
-    """The ASGI app; with `load_in_background` the model loads in a thread after startup."""
+    """The ASGI app; with `load_in_background` the app owns the engine's lifecycle: the model
+    loads in a thread after startup and the engine stops at shutdown."""
     config = serving.config
     metrics = serving.metrics
 
@@ -67,7 +68,8 @@ def build_app(serving: InferenceServing, load_in_background: bool = True) -> Fas
         if load_in_background and serving.engine is None and serving.load_error is None:
             threading.Thread(target=_load_quietly, args=(serving,), daemon=True).start()
         yield
-        serving.shutdown()
+        if load_in_background:
+            serving.shutdown()
 
     app = FastAPI(
         title="KAITO inference API",

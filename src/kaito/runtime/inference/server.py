@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
@@ -59,13 +60,18 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def start_server(
-    config: ServerConfig, *, wait: bool = True, timeout: float = 600.0
+    config: ServerConfig,
+    *,
+    wait: bool = True,
+    timeout: float = 600.0,
+    preloaded: tuple[Any, Any] | None = None,
 ) -> RunningServer:
     """Start uvicorn in a daemon thread (port 0 picks a free port); optionally wait for the model.
 
     The socket is bound before the thread starts, so `url` is connectable on return.
+    `preloaded` is a (model, tokenizer) pair already in memory, used instead of `config.model`.
     """
-    serving = InferenceServing(config)
+    serving = InferenceServing(config, preloaded=preloaded)
     app = build_app(serving)
     sock = _bind(config.host, config.port)
     port = int(sock.getsockname()[1])

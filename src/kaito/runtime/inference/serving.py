@@ -38,6 +38,20 @@ DEFAULT_CONTEXT_CAP = 8192
 DISCONNECT_POLL_S = 0.5
 
 Disconnected = Callable[[], Awaitable[bool]]
+# apply_chat_template arguments the server sets itself; clients may not override them.
+_TEMPLATE_ARGS = frozenset(
+    {
+        "conversation",
+        "messages",
+        "tokenize",
+        "add_generation_prompt",
+        "return_dict",
+        "return_tensors",
+        "chat_template",
+        "tokenizer_kwargs",
+        "continue_final_message",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -107,8 +121,15 @@ class _Run:
 class InferenceServing:
     """The model server's behaviour, independent of HTTP."""
 
-    def __init__(self, config: ServerConfig, metrics: ServerMetrics | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        metrics: ServerMetrics | None = None,
+        preloaded: tuple[Any, Any] | None = None,
+    ) -> None:
+        """`preloaded` is (model, tokenizer) already in memory; the engine takes ownership."""
         self.config = config
+        self._preloaded = preloaded
         self.metrics = metrics or ServerMetrics()
         self.engine: TransformersEngine | None = None
         self.tokenizer: Any = None
@@ -136,7 +157,11 @@ class InferenceServing:
         kwargs = dict(config.load_kwargs)
         if config.trust_remote_code:
             kwargs["trust_remote_code"] = True
-        model, tokenizer = load_model(config.model, config.dtype, **kwargs)
+        if self._preloaded is not None:
+            model, tokenizer = self._preloaded
+            self._preloaded = None
+        else:
+            model, tokenizer = load_model(config.model, config.dtype, **kwargs)
         template = resolve_chat_template(config.chat_template)
         if template is not None:
             tokenizer.chat_template = template
@@ -290,16 +315,23 @@ class InferenceServing:
 
     def _chat_prompt(self, req: p.ChatCompletionRequest) -> list[int] | ServingError:
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        extra = {
+            k: v for k, v in (req.chat_template_kwargs or {}).items() if k not in _TEMPLATE_ARGS
+        }
         try:
             text = self.tokenizer.apply_chat_template(
-                messages,
-                add_generation_prompt=req.add_generation_prompt,
-                tokenize=False,
-                **(req.chat_template_kwargs or {}),
+                messages, add_generation_prompt=req.add_generation_prompt, tokenize=False, **extra
             )
         except Exception as exc:  # a template rejecting the conversation is the client's error
             return bad_request(f"the chat template rejected these messages: {exc}", "messages")
-        return list(self.tokenizer(str(text), add_special_tokens=False)["input_ids"])
+        return self._encode(str(text), add_special_tokens=False, param="messages")
+
+    def _encode(self, text: str, add_special_tokens: bool, param: str) -> list[int] | ServingError:
+        try:
+            ids = self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+        except Exception as exc:  # e.g. lone surrogates that JSON allows but UTF-8 does not
+            return bad_request(f"the text cannot be tokenized: {exc}", param)
+        return [int(i) for i in ids]
 
     def _start(
         self,
@@ -448,7 +480,10 @@ class InferenceServing:
         prompts: list[list[int]] = []
         for item in items:
             if isinstance(item, str):
-                prompts.append(list(self.tokenizer(item)["input_ids"]))
+                encoded = self._encode(item, add_special_tokens=True, param="prompt")
+                if isinstance(encoded, ServingError):
+                    return encoded
+                prompts.append(encoded)
                 continue
             if any(not 0 <= token < self.vocab_size for token in item):
                 return bad_request("a prompt token id is outside the vocabulary", "prompt")
@@ -558,8 +593,10 @@ class InferenceServing:
         if kwargs.num_beams > 1:
             return ServingError(400, "beam search (num_beams > 1) is not supported")
         if req.prompt:
-            text = (req.prefix or "") + req.prompt
-            prompt = list(self.tokenizer(text)["input_ids"])
+            encoded = self._encode((req.prefix or "") + req.prompt, True, "prompt")
+            if isinstance(encoded, ServingError):
+                return ServingError(400, encoded.message)
+            prompt = encoded
         elif req.messages:
             chat = p.ChatCompletionRequest(
                 model=self.config.model_name,

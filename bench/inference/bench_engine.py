@@ -1,0 +1,274 @@
+"""Batched engine vs one-request-at-a-time `generate()`: tokens/s and time to first token.
+
+Runs, in one invocation on the same machine:
+1. the baseline: `model.generate()` on each prompt in turn (greedy, fixed output length);
+2. the kaito server as a subprocess, hit over HTTP (streaming /v1/completions) by 1, 4, 8 and
+   16 concurrent clients with the same prompts and output length.
+Prints a markdown table of ratios against the baseline and writes JSON next to it.
+
+    ~/.cache/kaito/venv/bin/python bench/inference/bench_engine.py [--max-tokens 32] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import os
+
+# The server sets this too (kaito.runtime.inference.__main__); the baseline gets the same policy.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import asyncio
+import json
+import resource
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PROMPTS = [
+    "The history of the city of Paris begins",
+    "Here is a short story about a robot who learns to paint:",
+    "The three most important ideas in physics are",
+    "Write a letter to a friend about your summer holiday.",
+    "A recipe for a simple tomato soup:",
+    "Once upon a time in a small village by the sea,",
+    "The main differences between cats and dogs are",
+    "To learn a new language quickly, you should",
+]
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def baseline(model_dir: str, max_tokens: int, threads: int, requests: int) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.generation.streamers import BaseStreamer
+
+    torch.set_num_threads(threads)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.eval()
+
+    class FirstToken(BaseStreamer):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.calls = 0
+            self.first: float | None = None
+
+        def put(self, value: Any) -> None:
+            self.calls += 1
+            if self.calls == 2 and self.first is None:  # the first call carries the prompt
+                self.first = time.perf_counter()
+
+        def end(self) -> None:
+            pass
+
+    ttfts: list[float] = []
+    tokens = 0
+    with torch.inference_mode():
+        inputs = tokenizer(PROMPTS[0], return_tensors="pt")
+        model.generate(**inputs, max_new_tokens=2, do_sample=False)  # warm-up
+        started = time.perf_counter()
+        for i in range(requests):
+            inputs = tokenizer(PROMPTS[i % len(PROMPTS)], return_tensors="pt")
+            streamer = FirstToken()
+            t0 = time.perf_counter()
+            out = model.generate(
+                **inputs,
+                max_new_tokens=max_tokens,
+                min_new_tokens=max_tokens,
+                do_sample=False,
+                streamer=streamer,
+            )
+            ttfts.append((streamer.first or time.perf_counter()) - t0)
+            tokens += out.shape[1] - inputs["input_ids"].shape[1]
+        wall = time.perf_counter() - started
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "requests": requests,
+        "tokens": tokens,
+        "wall_s": wall,
+        "tokens_per_s": tokens / wall,
+        "ttft_p50_s": percentile(ttfts, 50),
+        "ttft_p95_s": percentile(ttfts, 95),
+        "peak_rss_mib": peak_mib,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def one_request(client: Any, url: str, prompt: str, max_tokens: int) -> tuple[float, int]:
+    body = {
+        "model": "bench",
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    started = time.perf_counter()
+    first: float | None = None
+    tokens = 0
+    async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if first is None and chunk["choices"] and chunk["choices"][0]["text"]:
+                first = time.perf_counter()
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    return (first or time.perf_counter()) - started, tokens
+
+
+async def load(url: str, clients: int, requests: int, max_tokens: int) -> dict[str, Any]:
+    import httpx
+
+    counter = iter(range(requests))
+    ttfts: list[float] = []
+    total = 0
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal total
+        for i in counter:
+            ttft, tokens = await one_request(client, url, PROMPTS[i % len(PROMPTS)], max_tokens)
+            ttfts.append(ttft)
+            total += tokens
+
+    limits = httpx.Limits(max_connections=clients + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        await one_request(client, url, PROMPTS[0], 2)  # warm-up
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(clients)))
+        wall = time.perf_counter() - started
+    return {
+        "clients": clients,
+        "requests": requests,
+        "tokens": total,
+        "wall_s": wall,
+        "tokens_per_s": total / wall,
+        "ttft_p50_s": percentile(ttfts, 50),
+        "ttft_p95_s": percentile(ttfts, 95),
+    }
+
+
+def server_peak_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_server(
+    model_dir: str, threads: int, max_num_seqs: int
+) -> tuple[subprocess.Popen[bytes], str]:
+    import httpx
+
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "kaito.runtime.inference",
+        "--model",
+        model_dir,
+        "--served-model-name",
+        "bench",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--num-threads",
+        str(threads),
+        "--max-num-seqs",
+        str(max_num_seqs),
+        "--adapter-dir",
+        "",
+        "--log-level",
+        "warning",
+    ]
+    process = subprocess.Popen(command)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("the server exited during startup")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise TimeoutError("the server did not become ready")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model directory; default: the small model")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clients", default="1,4,8,16")
+    parser.add_argument("--requests-per-client", type=int, default=2)
+    parser.add_argument("--baseline-requests", type=int, default=6)
+    parser.add_argument("--max-num-seqs", type=int, default=16)
+    parser.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
+    args = parser.parse_args()
+    if args.model is None:
+        from kaito.runtime.small_model import small_model_path
+
+        args.model = str(small_model_path())
+    base = baseline(args.model, args.max_tokens, args.threads, args.baseline_requests)
+    print(f"baseline: {base}", flush=True)
+    process, url = start_server(args.model, args.threads, args.max_num_seqs)
+    rows = []
+    try:
+        for clients in (int(c) for c in args.clients.split(",")):
+            requests = max(clients * args.requests_per_client, 2)
+            row = asyncio.run(load(url, clients, requests, args.max_tokens))
+            row["throughput_ratio"] = row["tokens_per_s"] / base["tokens_per_s"]
+            row["ttft_p50_ratio"] = row["ttft_p50_s"] / base["ttft_p50_s"]
+            rows.append(row)
+            print(row, flush=True)
+        peak = server_peak_mib(process.pid)
+    finally:
+        process.terminate()
+        process.wait(30)
+    result = {
+        "machine": {"cpus": os.cpu_count(), "threads": args.threads},
+        "max_tokens": args.max_tokens,
+        "baseline": base,
+        "server": rows,
+        "server_peak_rss_mib": peak,
+    }
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print()
+    print(
+        f"baseline generate(): {base['tokens_per_s']:.1f} tok/s, "
+        f"TTFT p50 {base['ttft_p50_s'] * 1000:.0f} ms, peak RSS {base['peak_rss_mib']:.0f} MiB"
+    )
+    print("| clients | tok/s | x baseline | TTFT p50 ms | TTFT p95 ms | p50 x baseline |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['clients']} | {row['tokens_per_s']:.1f} | {row['throughput_ratio']:.2f} | "
+            f"{row['ttft_p50_s'] * 1000:.0f} | {row['ttft_p95_s'] * 1000:.0f} | "
+            f"{row['ttft_p50_ratio']:.2f} |"
+        )
+    print(f"server peak RSS: {peak:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
