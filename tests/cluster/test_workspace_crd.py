@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
 
 from kaito.api import crd as crd_module
-from kaito.devcluster import ApiClient
+from kaito.devcluster import ApiClient, ApiError
+from kaito.presets.validation import validate_workspace
 from tests.unit.api.builders import (
     LEGACY_EXAMPLE,
     REPO,
@@ -24,6 +26,7 @@ from tests.unit.api.builders import (
     with_,
     without,
 )
+from tests.unit.api.test_properties import workspaces
 from tests.unit.api.test_structure import INVALID, UPDATES
 
 from .conftest import Kubectl
@@ -241,3 +244,31 @@ def test_v1alpha1_defaults_the_instance_type_and_v1beta1_does_not(
         "Standard_NC24ads_A100_v4"
     )
     assert "instanceType" not in get(kubectl, "beta", "workspaces.v1beta1.kaito.sh")["resource"]
+
+
+@settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(body=workspaces())
+def test_offline_validation_rejects_everything_the_apiserver_rejects(
+    workspace_crd: dict[str, Any], api: ApiClient, namespace: str, body: Body
+) -> None:
+    # If `kaito validate` passes, `kubectl apply` must pass too (server dry run, strict fields).
+    version = str(body.get("apiVersion", "")).rsplit("/", 1)[-1]
+    version = version if version in ("v1alpha1", "v1beta1") else "v1beta1"
+    payload = yaml.safe_load(_here(body))
+    try:
+        api.request(
+            "POST",
+            f"/apis/kaito.sh/{version}/namespaces/{namespace}/workspaces",
+            payload,
+            query={"dryRun": "All", "fieldValidation": "Strict"},
+        )
+        server_rejects = False
+    except ApiError as error:
+        assert error.status in (400, 422), error
+        server_rejects = True
+    if server_rejects:
+        assert validate_workspace(body), f"the apiserver rejects, kaito validate admits: {body}"

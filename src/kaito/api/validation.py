@@ -136,7 +136,9 @@ def validate_metadata(workspace: Workspace) -> list[FieldError]:
     """Name and annotation checks the webhook adds on top of the CRD."""
     errors = []
     name = workspace.metadata.name
-    if name is not None and (len(name) > 63 or not re.match(DNS1123_LABEL, name)):
+    if not name and not workspace.metadata.generate_name:
+        errors.append(FieldError("metadata.name", "is required: name the Workspace"))
+    if name and (len(name) > 63 or not re.match(DNS1123_LABEL, name)):
         errors.append(
             FieldError(
                 "metadata.name",

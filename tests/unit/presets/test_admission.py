@@ -22,6 +22,7 @@ from ..api.builders import (
     legacy_tuning_workspace,
     tuning_workspace,
     with_,
+    without,
 )
 
 
@@ -282,3 +283,7 @@ def test_the_admission_message_joins_errors_and_leaves_out_warnings() -> None:
 
     errors = [FieldError("a", "x"), FieldError("b", "y"), FieldError("c", "z", severity="warning")]
     assert admission_message(errors) == "a: x; b: y"
+
+
+def test_a_workspace_needs_a_name() -> None:
+    assert fields(without(inference_workspace(), "metadata.name")) == ["metadata.name"]
