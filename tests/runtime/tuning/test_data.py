@@ -204,3 +204,12 @@ def test_qlora_without_cuda_fails_preflight_unless_fallback_is_explicit(
     allowed = preflight(config, tmp_path, tokenizer=tokenizer, allow_lora_fallback=True)
     assert allowed.ok is True and allowed.method == "lora"
     assert any("plain LoRA" in w for w in allowed.warnings)
+
+
+def test_whole_sequence_loss_is_available_when_asked_for(tmp_path: Path, tokenizer: Any) -> None:
+    from kaito.runtime.tuning.preflight import prepare_data
+
+    write_rows(tmp_path / "train.jsonl", messages_rows(2))
+    masked = prepare_data(tiny_config(), tmp_path, tokenizer)
+    whole = prepare_data(tiny_config(completion_only_loss=False), tmp_path, tokenizer)
+    assert masked.stats.trained_tokens < whole.stats.trained_tokens == whole.stats.total_tokens

@@ -43,8 +43,13 @@ def load_tokenizer(model_path: str, chat_template: str | None = None, **kwargs: 
     return tokenizer
 
 
-def encode(tokenizer: Any, example: Example, max_length: int | None) -> Encoded:
-    """Tokenize one example; labels are IGNORE_INDEX outside the parts the model should learn."""
+def encode(
+    tokenizer: Any, example: Example, max_length: int | None, *, full_sequence: bool = False
+) -> Encoded:
+    """Tokenize one example; labels are IGNORE_INDEX outside the parts the model should learn.
+
+    `full_sequence` trains on every token instead (upstream's behaviour, opt-in).
+    """
     if example.kind == "messages":
         ids, labels = _encode_messages(tokenizer, example)
     elif example.kind == "prompt_completion":
@@ -55,6 +60,8 @@ def encode(tokenizer: Any, example: Example, max_length: int | None) -> Encoded:
         labels = [IGNORE_INDEX] * len(prompt) + completion
     else:
         ids = _with_eos(tokenizer, list(tokenizer(example.text)["input_ids"]))
+        labels = list(ids)
+    if full_sequence:
         labels = list(ids)
     length = len(ids)
     if max_length is not None and length > max_length:

@@ -65,11 +65,15 @@ def prepare_data(config: TuningConfig, data_dir: Path, tokenizer: Any) -> Prepar
     if not loaded.examples:
         raise DatasetError([DataIssue(str(data_dir), "Unable to load the dataset: no rows")])
     max_length = max_length_of(config)
+    # `completion_only_loss: false` is TRL's way to ask for whole-sequence loss; honour it.
+    full_sequence = config.training.get("completion_only_loss") is False
     encoded_by_id: dict[int, Encoded] = {}
     issues: list[DataIssue] = []
     for example in loaded.examples:
         try:
-            encoded_by_id[id(example)] = encode(tokenizer, example, max_length)
+            encoded_by_id[id(example)] = encode(
+                tokenizer, example, max_length, full_sequence=full_sequence
+            )
         except ValueError as exc:
             issues.append(DataIssue(example.source, str(exc), row=example.row))
             if len(issues) >= 20:

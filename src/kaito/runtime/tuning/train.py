@@ -102,6 +102,10 @@ def training_arguments(
     else:
         values["eval_strategy"] = "no"
     values.setdefault("logging_steps", 1)
+    # Rows arrive tokenized with their labels already masked (see encoding.py); TRL would
+    # reject these flags for pre-tokenized data, and they are honoured there instead.
+    values.pop("assistant_only_loss", None)
+    values.pop("completion_only_loss", None)
     return values
 
 
