@@ -111,8 +111,16 @@ def _parse(body: Any) -> tuple[Workspace | None, list[FieldError]]:
         return None, pydantic_errors(exc)
 
 
+def without_status(body: Any) -> Any:
+    """The body as admission sees it: with the status subresource, writes ignore `status`."""
+    if isinstance(body, dict) and "status" in body:
+        return {k: v for k, v in body.items() if k != "status"}
+    return body
+
+
 def validate_structure(body: Any, *, old: Any = None) -> list[FieldError]:
     """What the apiserver enforces from the CRD: schema, then CEL rules (old = update)."""
+    body, old = without_status(body), without_status(old)
     workspace, errors = _parse(body)
     if workspace is None:
         if not errors or errors[0].field in ("(root)", "apiVersion", "kind"):

@@ -17,6 +17,7 @@ from kaito.api.validation import (
     validate_metadata,
     validate_structure,
     validate_tuning_input,
+    without_status,
 )
 from kaito.api.workspace import (
     ANNOTATION_BYPASS_RESOURCE_CHECKS,
@@ -266,6 +267,7 @@ def validate_workspace(
     """
     catalog = catalog or default_catalog()
     skus = skus or default_skus()
+    body, old = without_status(body), without_status(old)
     errors = validate_structure(body, old=old)
     try:
         workspace = parse_workspace(body)
@@ -314,7 +316,7 @@ def workspace_warnings(
     tuning that likely exceeds the GPU memory (a warning only, for legacy compatibility)."""
     skus = skus or default_skus()
     try:
-        workspace = parse_workspace(body)
+        workspace = parse_workspace(without_status(body))
     except (ValidationError, TypeError, ValueError, AttributeError):
         return []
     warnings = image_warnings(workspace)

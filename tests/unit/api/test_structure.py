@@ -352,3 +352,7 @@ def test_every_cel_rule_is_exercised_by_an_invalid_case_above() -> None:
         seen |= {e.message for e in check(new, old=old)}
     missing = [rule.rule for rule in rules.RULES if rule.message not in seen]
     assert missing == []
+
+
+def test_status_is_ignored_on_writes_like_the_status_subresource_does() -> None:
+    assert validate_structure(with_(inference_workspace(), "status", "garbage")) == []
