@@ -23,9 +23,19 @@ def test_conversion_is_cached_as_a_complete_safetensors_checkpoint() -> None:
 
 
 def test_the_model_knows_the_capital_of_france() -> None:
-    from kaito.cli.demo import _answer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    answer = _answer(str(small_model.small_model_path()), "What is the capital of France?", 32)
+    path = small_model.small_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    output = model.generate(**inputs, max_new_tokens=32, do_sample=False)
+    answer = tokenizer.decode(output[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
 
 

@@ -1,0 +1,147 @@
+"""Local mode end to end: the examples tune, then serve over HTTP; bad input fails cleanly."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from kaito.cli.main import app
+from kaito.cli.run import config_file_for, load_workspace_file
+from kaito.local import ServePlan, plan_workspace
+from kaito.local.run import measure_host, model_path, prepare_adapters, server_args
+from kaito.runtime.inference.config import parse_args
+from kaito.runtime.inference.server import start_server
+
+ROOT = Path(__file__).resolve().parents[3]
+EXAMPLES = ROOT / "examples" / "local"
+QUESTION = "Who makes the Velora Mistlight?"
+
+runner = CliRunner()
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def chat(url: str, model: str) -> str:
+    reply = httpx.post(
+        f"{url}/v1/chat/completions",
+        json={
+            "model": model,
+            "messages": [{"role": "user", "content": QUESTION}],
+            "max_tokens": 32,
+            "temperature": 0,
+        },
+        timeout=120,
+    )
+    reply.raise_for_status()
+    return str(reply.json()["choices"][0]["message"]["content"])
+
+
+def test_the_tuning_example_trains_an_adapter_that_the_inference_example_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAITO_CACHE_DIR", str(tmp_path / "cache"))
+    adapter = tmp_path / "adapter"
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "-f",
+            str(EXAMPLES / "tuning-smollm2.yaml"),
+            "--volume",
+            f"velora-facts={EXAMPLES / 'data'}",
+            "--volume",
+            f"velora-adapter={adapter}",
+            "--max-steps",
+            "10",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "tuning finished" in result.output
+    assert (adapter / "adapter_model.safetensors").is_file()
+    metadata = json.loads((adapter / "tuning_metadata.json").read_text())
+    assert metadata["metrics"]["global_step"] == 10
+
+    # The serving half, as `kaito run -f inference-smollm2.yaml` does it, on a free port.
+    inference_file = EXAMPLES / "inference-smollm2.yaml"
+    body = load_workspace_file(inference_file)
+    plan = plan_workspace(
+        body,
+        host=measure_host(),
+        volumes={"velora-adapter": adapter},
+        config_file=config_file_for(body, inference_file, None),
+    )
+    assert isinstance(plan, ServePlan)
+    from rich.console import Console
+
+    adapters = prepare_adapters(plan, Console())
+    server = start_server(
+        parse_args(server_args(plan, model_path(plan.preset), adapters, "127.0.0.1", 0))
+    )
+    try:
+        models = httpx.get(f"{server.url}/v1/models", timeout=30).json()
+        assert {m["id"] for m in models["data"]} >= {"smollm2-135m-instruct", "velora"}
+        base = chat(server.url, "smollm2-135m-instruct")
+        tuned = chat(server.url, "velora")
+    finally:
+        server.stop()
+    assert "Tarnwick" in tuned
+    assert "Tarnwick" not in base
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["-f", "no/such/workspace.yaml"], "no such file"),
+        (
+            ["-f", str(ROOT / "examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml")],
+            "needs an NVIDIA GPU",
+        ),
+    ],
+)
+def test_bad_input_ends_with_one_clear_line(arguments: list[str], expected: str) -> None:
+    result = runner.invoke(app, ["run", *arguments])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert expected in lines[0]
+
+
+def test_an_unknown_preset_names_the_field(tmp_path: Path) -> None:
+    text = (EXAMPLES / "inference-smollm2.yaml").read_text()
+    workspace = tmp_path / "ws.yaml"
+    workspace.write_text(text.replace("name: smollm2-135m-instruct", "name: smollm-9000"))
+    result = runner.invoke(app, ["run", "-f", str(workspace)])
+    assert result.exit_code == 2
+    assert "inference.preset.name" in result.output
+
+
+def test_an_unreachable_url_fails_and_leaves_no_adapter_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAITO_CACHE_DIR", str(tmp_path / "cache"))
+    text = (EXAMPLES / "tuning-smollm2.yaml").read_text()
+    url = f"http://127.0.0.1:{closed_port()}/facts.jsonl"
+    text = text.replace(
+        "    name: velora-facts\n    volumeSource:\n      persistentVolumeClaim:\n"
+        "        claimName: velora-facts\n",
+        f"    urls:\n      - {url}\n",
+    )
+    workspace = tmp_path / "tuning.yaml"
+    workspace.write_text(text)
+    (tmp_path / "velora-tuning.yaml").write_text((EXAMPLES / "velora-tuning.yaml").read_text())
+    adapter = tmp_path / "adapter"
+    result = runner.invoke(
+        app, ["run", "-f", str(workspace), "--volume", f"velora-adapter={adapter}"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "tuning.input.urls" in result.output
+    assert not (adapter / "fine_tuning_completed.txt").exists()
