@@ -176,3 +176,22 @@ def test_the_trained_adapter_round_trips_and_generates(
     output = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     answer = tokenizer.decode(output[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert answer.strip()
+
+
+def test_the_oci_command_pushes_a_finished_directory_and_pulls_it_back(
+    oci_registry: LocalRegistry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kaito.runtime.oci.__main__ import main
+
+    adapter = _fake_adapter(tmp_path / "results")
+    ref = oci_registry.ref("adapters/cli", "1")
+    waiting = main(
+        ["push-adapter", str(adapter), ref, "--model-name", "m", "--wait", "--wait-timeout", "0.5"]
+    )
+    assert waiting == 1  # no sentinel yet: nothing is pushed
+    (adapter / "fine_tuning_completed.txt").write_text("Fine-Tuning completed at x")
+    assert main(["push-adapter", str(adapter), ref, "--model-name", "m", "--wait"]) == 0
+    pushed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["pull", ref, str(tmp_path / "pulled")]) == 0
+    assert json.loads(capsys.readouterr().out)["digest"] == pushed["digest"]
+    assert (tmp_path / "pulled" / "adapter_model.safetensors").read_bytes() == b"weights"

@@ -218,3 +218,16 @@ def test_qlora_trains_a_four_bit_base_on_cuda(tmp_path: Path, model_dir: Path) -
     assert result.metadata["method"] == "qlora"
     assert result.metrics["global_step"] == 2
     assert is_complete(tmp_path / "out")
+
+
+def test_a_half_written_checkpoint_is_passed_over_when_resuming(tmp_path: Path) -> None:
+    from kaito.runtime.tuning.train import last_checkpoint
+
+    for step, complete in ((2, True), (4, True), (6, False)):
+        path = tmp_path / f"checkpoint-{step}"
+        path.mkdir()
+        (path / "adapter_model.safetensors").write_bytes(b"w")
+        if complete:
+            (path / "trainer_state.json").write_text("{}")
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
+    assert last_checkpoint(tmp_path / "missing") is None

@@ -227,13 +227,26 @@ def make_trainer(
     return trainer
 
 
-def _last_checkpoint(output_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors")
 
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    """The newest checkpoint that was written completely.
+
+    A kill during a save can leave a `checkpoint-N` without its state; resuming from it would
+    fail, so such a directory is passed over in favour of the one before it.
+    """
     if not output_dir.is_dir():
         return None
-    found = get_last_checkpoint(str(output_dir))
-    return str(found) if found else None
+    candidates = []
+    for path in output_dir.glob("checkpoint-*"):
+        step = path.name.removeprefix("checkpoint-")
+        if path.is_dir() and step.isdigit():
+            candidates.append((int(step), path))
+    for _step, path in sorted(candidates, reverse=True):
+        if all((path / name).is_file() for name in CHECKPOINT_FILES):
+            return str(path)
+    return None
 
 
 def _model_lineage(config: TuningConfig, model_path: str) -> dict[str, Any]:
@@ -339,7 +352,7 @@ def run_tuning(
             reporter=reporter,
             stop=stop,
         )
-        resume = _last_checkpoint(output)
+        resume = last_checkpoint(output)
         if resume:
             reporter.say(f"resuming from {resume}")
         started = time.monotonic()
