@@ -118,26 +118,33 @@ def without_status(body: Any) -> Any:
     return body
 
 
-def validate_structure(body: Any, *, old: Any = None) -> list[FieldError]:
-    """What the apiserver enforces from the CRD: schema, then CEL rules (old = update)."""
+def check_structure(body: Any, *, old: Any = None) -> tuple[Workspace | None, list[FieldError]]:
+    """What the apiserver enforces from the CRD (schema, then CEL; old = update), plus the
+    parsed Workspace when the schema holds, so callers need not parse again."""
     body, old = without_status(body), without_status(old)
     workspace, errors = _parse(body)
     if workspace is None:
         if not errors or errors[0].field in ("(root)", "apiVersion", "kind"):
-            return errors
+            return None, errors
         # Report the CEL findings too, so one typo does not hide the other problems; a
         # rule on a field that already has a schema error would only repeat it.
         reported = [e.field for e in errors]
         for field, message in rules.evaluate(apply_version_defaults(body)):
             if not any(field.startswith(r) or r.startswith(field) for r in reported):
                 errors.append(FieldError(field, message))
-        return errors
+        return None, errors
     old_body: dict[str, Any] | None = None
     if old is not None:
         old_ws, _ = _parse(old)
         # An unparseable stored object cannot be compared; the apiserver would skip it too.
         old_body = old_ws.to_body() if old_ws is not None else None
-    return [FieldError(f, m) for f, m in rules.evaluate(workspace.to_body(), old_body)]
+    failures = rules.evaluate(workspace.to_body(), old_body)
+    return workspace, [FieldError(f, m) for f, m in failures]
+
+
+def validate_structure(body: Any, *, old: Any = None) -> list[FieldError]:
+    """What the apiserver enforces from the CRD: schema, then CEL rules (old = update)."""
+    return check_structure(body, old=old)[1]
 
 
 def validate_metadata(workspace: Workspace) -> list[FieldError]:
@@ -360,6 +367,13 @@ def validate_config_maps(
     return []
 
 
+def _vllm_section(text: str) -> dict[str, Any]:
+    """The `vllm:` map of inference_config.yaml ({} when absent); raises yaml.YAMLError."""
+    parsed = yaml.safe_load(text)
+    vllm = parsed.get("vllm") if isinstance(parsed, dict) else None
+    return vllm if isinstance(vllm, dict) else {}
+
+
 def _inference_config_errors(
     data: Mapping[str, str], name: str, max_context_length: int | None
 ) -> list[FieldError]:
@@ -369,11 +383,10 @@ def _inference_config_errors(
             FieldError("inference.config", f"ConfigMap {name!r} has no key {INFERENCE_CONFIG_KEY}")
         ]
     try:
-        parsed = yaml.safe_load(text)
+        vllm = _vllm_section(text)
     except yaml.YAMLError as exc:
         return [FieldError("inference.config", f"{INFERENCE_CONFIG_KEY} is not valid YAML: {exc}")]
-    vllm = parsed.get("vllm") if isinstance(parsed, dict) else None
-    if not isinstance(vllm, dict) or "max-model-len" not in vllm:
+    if "max-model-len" not in vllm:
         return []
     value = vllm["max-model-len"]
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -394,9 +407,7 @@ def max_model_len(data: Mapping[str, str] | None) -> int | None:
     if not data or INFERENCE_CONFIG_KEY not in data:
         return None
     try:
-        parsed = yaml.safe_load(data[INFERENCE_CONFIG_KEY])
+        value = _vllm_section(data[INFERENCE_CONFIG_KEY]).get("max-model-len")
     except yaml.YAMLError:
         return None
-    vllm = parsed.get("vllm") if isinstance(parsed, dict) else None
-    value = vllm.get("max-model-len") if isinstance(vllm, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -221,6 +221,4 @@ def select_runtime(
     requested = (annotations or {}).get("kaito.sh/runtime", "").strip().lower()
     if requested == "transformers" or not vllm_enabled:
         return "transformers"
-    if requested == "vllm" or preset.supports_runtime("vllm"):
-        return "vllm" if preset.supports_runtime("vllm") else "transformers"
-    return "transformers"
+    return "vllm" if preset.supports_runtime("vllm") else "transformers"

@@ -12,10 +12,10 @@ from pydantic import ValidationError
 from kaito.api.errors import FieldError
 from kaito.api.validation import (
     ConfigMapLookup,
+    check_structure,
     image_warnings,
     validate_config_maps,
     validate_metadata,
-    validate_structure,
     validate_tuning_input,
     without_status,
 )
@@ -62,14 +62,17 @@ def _preset_field(workspace: Workspace) -> str:
 
 def suggest_skus(preset: Preset, skus: SkuTable, cloud: str | None, limit: int = 3) -> list[str]:
     """The smallest current instance types that hold the preset on one node."""
-    fitting = [
+    candidates = [
         sku
         for sku in skus
         if (cloud is None or sku.cloud == cloud)
         and not sku.is_legacy
         and sku.compute_capability is not None
-        and estimate_nodes(preset, sku).fits
-        and estimate_nodes(preset, sku).nodes == 1
+    ]
+    fitting = [
+        sku
+        for sku in candidates
+        if (estimate := estimate_nodes(preset, sku)).fits and estimate.nodes == 1
     ]
     fitting.sort(key=lambda s: (s.gpu_memory_gib, s.gpus, s.name))
     return [s.name for s in fitting[:limit]]
@@ -268,11 +271,9 @@ def validate_workspace(
     catalog = catalog or default_catalog()
     skus = skus or default_skus()
     body, old = without_status(body), without_status(old)
-    errors = validate_structure(body, old=old)
-    try:
-        workspace = parse_workspace(body)
-    except (ValidationError, TypeError, ValueError, AttributeError):
-        # The schema errors above already say what is wrong; nothing more can be checked.
+    workspace, errors = check_structure(body, old=old)
+    if workspace is None:
+        # The schema errors say what is wrong; nothing more can be checked.
         return errors
     if old is not None and _same_spec(body, old):
         # Controller writes (finalizer, annotations, status) must never be blocked by a
@@ -309,6 +310,7 @@ def validate_workspace(
 def workspace_warnings(
     body: Any,
     *,
+    catalog: Catalog | None = None,
     skus: SkuTable | None = None,
     cloud_provider: str | None = "azure",
 ) -> list[FieldError]:
@@ -322,7 +324,7 @@ def workspace_warnings(
     warnings = image_warnings(workspace)
     instance_type = workspace.instance_type
     sku = skus.get(instance_type, cloud_provider) if instance_type else None
-    preset = default_catalog().get(workspace.preset_name or "")
+    preset = (catalog or default_catalog()).get(workspace.preset_name or "")
     if workspace.tuning is not None and sku is not None and preset is not None:
         need = estimate_tuning_memory_gib(preset, workspace.tuning.method)
         have = sku.gpu_memory_per_gpu_gib

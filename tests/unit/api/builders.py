@@ -21,6 +21,19 @@ def legacy_tuning_workspace() -> Body:
     return body
 
 
+def _workspace(name: str, version: str, instance_type: str | None, **section: Body) -> Body:
+    body: Body = {
+        "apiVersion": f"kaito.sh/{version}",
+        "kind": "Workspace",
+        "metadata": {"name": name, "namespace": "default"},
+        "resource": {"labelSelector": {"matchLabels": {"app": name}}},
+        **section,
+    }
+    if instance_type is not None:
+        body["resource"]["instanceType"] = instance_type
+    return body
+
+
 def tuning_workspace(
     *,
     name: str = "tune-phi-3",
@@ -29,24 +42,16 @@ def tuning_workspace(
     method: str = "qlora",
     instance_type: str | None = "Standard_NC24ads_A100_v4",
 ) -> Body:
-    body: Body = {
-        "apiVersion": f"kaito.sh/{version}",
-        "kind": "Workspace",
-        "metadata": {"name": name, "namespace": "default"},
-        "resource": {"labelSelector": {"matchLabels": {"app": name}}},
-        "tuning": {
-            "preset": {"name": preset},
-            "method": method,
-            "input": {"urls": ["https://example.com/data/train.parquet"]},
-            "output": {
-                "image": "registry.example.com/adapters/phi-3:0.0.1",
-                "imagePushSecret": "push",
-            },
+    tuning: Body = {
+        "preset": {"name": preset},
+        "method": method,
+        "input": {"urls": ["https://example.com/data/train.parquet"]},
+        "output": {
+            "image": "registry.example.com/adapters/phi-3:0.0.1",
+            "imagePushSecret": "push",
         },
     }
-    if instance_type is not None:
-        body["resource"]["instanceType"] = instance_type
-    return body
+    return _workspace(name, version, instance_type, tuning=tuning)
 
 
 def inference_workspace(
@@ -56,16 +61,7 @@ def inference_workspace(
     preset: str = "phi-3-mini-4k-instruct",
     instance_type: str | None = "Standard_NC24ads_A100_v4",
 ) -> Body:
-    body: Body = {
-        "apiVersion": f"kaito.sh/{version}",
-        "kind": "Workspace",
-        "metadata": {"name": name, "namespace": "default"},
-        "resource": {"labelSelector": {"matchLabels": {"app": name}}},
-        "inference": {"preset": {"name": preset}},
-    }
-    if instance_type is not None:
-        body["resource"]["instanceType"] = instance_type
-    return body
+    return _workspace(name, version, instance_type, inference={"preset": {"name": preset}})
 
 
 def adapter(name: str = "my-adapter", **extra: Any) -> Body:
