@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import httpx
+import httpx2
 from lightkube import ApiError
 
 from kaito.manifests.errors import SpecError, WaitError
@@ -36,6 +37,7 @@ def classify(error: BaseException) -> Outcome:
             return Outcome("temporary", "ApiRetry", str(error), 1.0 if code == 409 else 5.0)
         if code == 422:
             return Outcome("permanent", "InvalidManifest", str(error))
-    if isinstance(error, httpx.TransportError):
+    # lightkube 1.x speaks httpx2; keep httpx for anything else that talks HTTP.
+    if isinstance(error, httpx.TransportError | httpx2.TransportError):
         return Outcome("temporary", "ApiUnreachable", str(error), 5.0)
     return Outcome("unexpected", type(error).__name__, str(error))

@@ -41,6 +41,11 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
 
     _settings = settings
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # kopf's built-in logins need no extra client library: KUBECONFIG, else in-cluster.
+        return kopf.login_with_kubeconfig(**kwargs) or kopf.login_with_service_account(**kwargs)
+
     @kopf.on.cleanup(registry=registry)
     async def close(memo: kopf.Memo, **_: Any) -> None:
         controller: Controller | None = getattr(memo, "controller", None)
@@ -82,7 +87,22 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
     ):
         kopf.on.event(*resource, labels=OWNED, registry=registry)(child_changed)
 
-    @kopf.on.validate("kaito.sh", "workspaces", registry=registry, operations=["CREATE", "UPDATE"])
+    if settings.webhook_enabled:
+        _register_webhook(registry)
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    return registry
+
+
+def _register_webhook(registry: kopf.OperatorRegistry) -> None:
+    # kopf refuses to start with admission handlers but no server, so only when enabled.
+    # An explicit id: the generated one is not a valid webhook name.
+    @kopf.on.validate(
+        "kaito.sh",
+        "workspaces",
+        id="workspace",
+        registry=registry,
+        operations=["CREATE", "UPDATE"],
+    )
     async def validate(body: kopf.Body, memo: Any, warnings: list[str], **kwargs: Any) -> None:
         controller: Controller = memo.controller
         old = kwargs.get("old")
@@ -92,6 +112,3 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
         warnings.extend(notes)
         if errors:
             raise kopf.AdmissionError("; ".join(errors), code=422)
-
-    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    return registry

@@ -29,4 +29,7 @@ def run(settings: Settings | None = None, *, log_level: str = "INFO") -> None:
         level=getattr(logging, log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # One line per API request drowns the operator's own messages.
+    for noisy in ("httpx", "httpx2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     asyncio.run(serve(settings or Settings.from_env()))

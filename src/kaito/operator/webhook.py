@@ -14,7 +14,11 @@ from kaito.api.workspace import parse_workspace
 from kaito.k8s.client import Kube
 from kaito.operator.certs import self_signed
 from kaito.operator.settings import Settings
-from kaito.presets.validation import validate_workspace, workspace_warnings
+from kaito.presets.validation import (
+    default_config_maps,
+    validate_workspace,
+    workspace_warnings,
+)
 from kaito.reconcile.observed import wanted_config_maps
 
 WEBHOOK_NAME = "validation.workspace.kaito.sh"
@@ -34,8 +38,14 @@ async def admission_errors(
         for namespace, name in wanted_config_maps(workspace, options):
             lookups[(namespace, name)] = await kube.config_map_data(namespace, name)
 
+    packaged = default_config_maps()
+
     def lookup(namespace: str, name: str) -> Mapping[str, str] | None:
-        return lookups.get((namespace, name))
+        found = lookups.get((namespace, name))
+        if found is None and namespace == settings.release_namespace:
+            # The operator copies its packaged template when the release namespace has none.
+            return packaged.get(name)
+        return found
 
     errors = validate_workspace(
         dict(body),

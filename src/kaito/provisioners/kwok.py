@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 from lightkube import ApiError
 from lightkube.resources.core_v1 import Node
@@ -131,15 +131,23 @@ class NodeSimulator:
             return
         node = await self.kube.get(Node, name)
         if node is None:
-            manifest = node_for_claim(claim, self.cloud_provider)
-            with contextlib.suppress(ApiError):
-                await self.kube.client.create(cast(Node, Node.from_dict(manifest)))
+            node = await self.create_node(node_for_claim(claim, self.cloud_provider))
             log.info("created kwok node %s for NodeClaim %s", name, name)
-            node = await self.kube.get(Node, name)
         ready = node is not None and node_is_ready(node)
         new = claim_status(claim, node_ready=ready)
         if not _same_conditions(status, new):
             await self.write_status(claim, new)
+
+    async def create_node(self, manifest: JSON) -> JSON | None:
+        """Apply the Node, then its status (capacity), as a registering kubelet would."""
+        name = manifest["metadata"]["name"]
+        body = {k: v for k, v in manifest.items() if k != "status"}
+        with contextlib.suppress(ApiError):
+            await self.kube.apply(body)
+            await self.kube.client.patch(
+                Node.Status, name, {"status": manifest["status"]}, patch_type=PatchType.MERGE
+            )
+        return await self.kube.get(Node, name)
 
     async def write_status(self, claim: Mapping[str, Any], status: JSON) -> None:
         with contextlib.suppress(ApiError):
@@ -215,6 +223,8 @@ def main() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for noisy in ("httpx", "httpx2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     asyncio.run(simulate())
 
 

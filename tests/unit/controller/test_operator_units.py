@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import httpx2
 import pytest
 from lightkube import ApiError
 from lightkube.models.meta_v1 import Status
@@ -71,6 +72,7 @@ def test_waits_and_conflicts_are_temporary_with_a_delay() -> None:
     assert conflict.tier == "temporary" and conflict.delay > 0
     assert classify(api_error(503)).tier == "temporary"
     assert classify(httpx.ConnectError("refused")).tier == "temporary"
+    assert classify(httpx2.ReadError("reset")).tier == "temporary"
 
 
 def test_other_errors_go_to_the_framework_backoff() -> None:
