@@ -150,7 +150,8 @@ def test_sigterm_saves_a_checkpoint_and_a_restart_finishes_the_same_steps(
         "max_length": 48,
         "gradient_checkpointing": False,
         "save_strategy": "steps",
-        "save_steps": 1,
+        # No periodic checkpoint falls inside the run: the one found must come from SIGTERM.
+        "save_steps": 100,
         "learning_rate": 1e-3,
         "logging_steps": 1,
     }
@@ -231,3 +232,15 @@ def test_a_half_written_checkpoint_is_passed_over_when_resuming(tmp_path: Path) 
             (path / "trainer_state.json").write_text("{}")
     assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
     assert last_checkpoint(tmp_path / "missing") is None
+
+
+def test_cli_flags_accept_trls_underscore_spelling(tmp_path: Path) -> None:
+    from kaito.runtime.tuning.cli import _dashed, build_parser
+
+    argv = ["--max_steps=3", "--output_dir", str(tmp_path), "--per_device_train_batch_size", "2"]
+    args = build_parser().parse_args([_dashed(token) for token in argv])
+    assert (args.max_steps, args.output_dir, args.per_device_train_batch_size) == (
+        3,
+        str(tmp_path),
+        2,
+    )

@@ -87,6 +87,14 @@ def build_parser(prog: str = "kaito tune") -> argparse.ArgumentParser:
     return parser
 
 
+def _dashed(token: str) -> str:
+    """TRL's scripts spell flags with underscores (`--max_steps`); accept both spellings."""
+    if not token.startswith("--"):
+        return token
+    name, eq, value = token.partition("=")
+    return name.replace("_", "-") + eq + value
+
+
 def _config_source(args: argparse.Namespace) -> str | Path:
     from kaito.runtime.tuning.config import template_path
 
@@ -108,7 +116,8 @@ def _emit(args: argparse.Namespace, document: dict[str, Any], text: str, code: i
 
 def main(argv: list[str] | None = None, prog: str = "kaito tune") -> int:
     """Run the command; returns the process exit code (2: invalid input, 143: interrupted)."""
-    args = build_parser(prog).parse_args(argv)
+    raw = sys.argv[1:] if argv is None else argv
+    args = build_parser(prog).parse_args([_dashed(token) for token in raw])
     from kaito.runtime.tuning.config import ConfigError, load_config, template_text
 
     if args.print_template:
