@@ -21,6 +21,8 @@ async def serve(settings: Settings, *, stop_flag: asyncio.Event | None = None) -
         clusterwide=not namespaces,
         namespaces=namespaces,
         stop_flag=stop_flag,
+        # The chart's liveness and readiness probes call this endpoint.
+        liveness_endpoint=settings.liveness_endpoint or None,
     )
 
 

@@ -78,6 +78,15 @@ class Settings:
         "Let the operator create and update the ValidatingWebhookConfiguration "
         "validation.workspace.kaito.sh itself.",
     )
+    webhook_service: str = _setting(
+        "",
+        "<namespace>/<name> of the Service in front of the webhook (the chart's); set, the "
+        "apiserver calls that Service, else https://<webhook_host>:<webhook_port>.",
+    )
+    liveness_endpoint: str = _setting(
+        "",
+        "kopf's health endpoint for probes, e.g. http://0.0.0.0:8080/healthz; empty: none.",
+    )
 
     def cluster_options(self) -> ClusterOptions:
         return ClusterOptions(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +59,34 @@ async def admission_errors(
     return [str(e) for e in errors], [str(w) for w in warnings]
 
 
+class ServiceWebhookServer(kopf.WebhookServer):
+    """kopf's server, but the apiserver reaches it through a Service (in-cluster installs).
+
+    The apiserver resolves a `url` with its own DNS, which rarely knows cluster Services; a
+    `service` reference is routed by the apiserver itself.
+    """
+
+    def __init__(self, *, service_namespace: str, service_name: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.service_namespace = service_namespace
+        self.service_name = service_name
+
+    async def __call__(self, fn: Any) -> AsyncIterator[Any]:
+        async for config in super().__call__(fn):
+            service = {
+                "namespace": self.service_namespace,
+                "name": self.service_name,
+                "port": self.port,
+            }
+            yield {"service": service, "caBundle": config.get("caBundle")}
+
+
 def webhook_server(settings: Settings) -> kopf.WebhookServer:
     """HTTPS server for the webhook: given certificates, or a self-signed one for the host."""
+    service_namespace, _, service_name = settings.webhook_service.partition("/")
     host = settings.webhook_host or settings.webhook_address
+    if service_name and not settings.webhook_host:
+        host = f"{service_name}.{service_namespace}.svc"
     if settings.webhook_cert_dir:
         directory = Path(settings.webhook_cert_dir)
         cert, key = directory / "tls.crt", directory / "tls.key"
@@ -70,6 +95,17 @@ def webhook_server(settings: Settings) -> kopf.WebhookServer:
     else:
         cert, key = self_signed(Path(tempfile.mkdtemp(prefix="kaito-webhook-")), [host])
         cafile = cert
+    if service_name:
+        return ServiceWebhookServer(
+            service_namespace=service_namespace,
+            service_name=service_name,
+            addr=settings.webhook_address,
+            port=settings.webhook_port,
+            host=host,
+            certfile=str(cert),
+            pkeyfile=str(key),
+            cafile=str(cafile),
+        )
     return kopf.WebhookServer(
         addr=settings.webhook_address,
         port=settings.webhook_port,
