@@ -292,7 +292,8 @@ def test_an_interrupted_harness_stops_its_children_gracefully(
 ) -> None:
     # The child records a SIGTERM; the parent-death fallback would SIGKILL it silently instead.
     marker = tmp_path / "stopped-gracefully"
-    child_command = f'trap "touch {marker}; exit 0" TERM; sleep 300 & wait'
+    trapped = tmp_path / "trap-installed"
+    child_command = f'trap "touch {marker}; exit 0" TERM; touch {trapped}; sleep 300 & wait'
     script = textwrap.dedent(
         f"""
         import time
@@ -306,8 +307,24 @@ def test_an_interrupted_harness_stops_its_children_gracefully(
     harness = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert harness.stdout is not None
     child = int(harness.stdout.readline())
-    time.sleep(0.3)  # let the shell install its trap
+    deadline = time.monotonic() + 10
+    while not trapped.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     harness.send_signal(sig)
     harness.wait(timeout=15)
     assert marker.exists()
     assert not group_alive(child)
+
+
+def test_a_fake_gpu_node_advertises_its_gpus_and_cloud_labels(
+    fake_nodes: NodeFactory, kubectl: Kubectl
+) -> None:
+    node = fake_nodes(gpus=4, instance_type="Standard_NC96ads_A100_v4")
+    name = node["metadata"]["name"]
+    shown = json.loads(kubectl("get", "node", name, "-o", "json").stdout)
+    assert shown["status"]["allocatable"][GPU_RESOURCE] == "4"
+    labels = shown["metadata"]["labels"]
+    assert labels["node.kubernetes.io/instance-type"] == "Standard_NC96ads_A100_v4"
+    assert labels["kubernetes.io/hostname"] == name
+    assert (labels["kubernetes.io/os"], labels["kubernetes.io/arch"]) == ("linux", "amd64")
+    assert labels["nvidia.com/gpu.present"] == "true"
