@@ -195,3 +195,25 @@ def test_the_oci_command_pushes_a_finished_directory_and_pulls_it_back(
     assert main(["pull", ref, str(tmp_path / "pulled")]) == 0
     assert json.loads(capsys.readouterr().out)["digest"] == pushed["digest"]
     assert (tmp_path / "pulled" / "adapter_model.safetensors").read_bytes() == b"weights"
+
+
+def test_kaito_tune_pushes_a_finished_run_with_lineage_annotations(
+    trained: Path,
+    oci_registry: LocalRegistry,
+    model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from kaito.runtime.tuning.cli import main
+
+    ref = oci_registry.ref("adapters/from-cli", "0.0.1")
+    argv = ["--model", str(model_dir), "--dataset-dir", str(tmp_path), "--output-dir", str(trained)]
+    code = main([*argv, "--push", ref, "--model-name", "smollm2-135m-instruct", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and result["already_complete"] is True
+    manifest, digest = fetch_manifest(ref)
+    assert result["pushed"]["digest"] == digest
+    annotations = manifest["annotations"]
+    assert annotations[ANNOTATION_MODEL] == "smollm2-135m-instruct"
+    assert annotations["sh.kaito.tuning.method"] == "lora"
+    assert annotations["sh.kaito.tuning.datasets"].count("sha256:") == 4

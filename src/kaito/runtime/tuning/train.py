@@ -102,6 +102,8 @@ def training_arguments(
     else:
         values["eval_strategy"] = "no"
     values.setdefault("logging_steps", 1)
+    if config.collator.get("pad_to_multiple_of") is not None:
+        values.setdefault("pad_to_multiple_of", config.collator["pad_to_multiple_of"])
     # Rows arrive tokenized with their labels already masked (see encoding.py); TRL would
     # reject these flags for pre-tokenized data, and they are honoured there instead.
     values.pop("assistant_only_loss", None)
