@@ -64,7 +64,7 @@ def scheduling_failures(api: ApiClient, namespace: str) -> list[str]:
 
 def test_the_cluster_is_ready_within_thirty_seconds(control_plane: ControlPlane) -> None:
     assert control_plane.startup_s is not None
-    print(f"control plane ready in {control_plane.startup_s:.1f} s")
+    print(f"control plane ready in {control_plane.startup_s:.1f} s: {control_plane.startup_phases}")
     assert control_plane.startup_s < 30
 
 

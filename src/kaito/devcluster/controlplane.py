@@ -98,7 +98,10 @@ class ControlPlane:
     ports: Ports = field(default_factory=Ports)
     processes: list[Process] = field(default_factory=list)
     startup_s: float | None = None
+    # Seconds from the start of `start()` until each readiness check passed, in order.
+    startup_phases: dict[str, float] = field(default_factory=dict)
     _pki: ClusterPKI | None = None
+    _began: float = 0.0
 
     @property
     def kubeconfig(self) -> Path:
@@ -158,7 +161,7 @@ class ControlPlane:
     def start(self, timeout_s: float = 90.0) -> ControlPlane:
         """Start every component, wait until the cluster can run pods; stops all on failure."""
         self.binaries.require()
-        began = time.monotonic()
+        began = self._began = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(exist_ok=True)
         self._pki = generate_pki(self.workdir / "pki")
@@ -240,6 +243,8 @@ class ControlPlane:
                 )
             with contextlib.suppress(Exception):
                 if probe():
+                    label = name if name not in self.startup_phases else f"{name} (controllers)"
+                    self.startup_phases[label] = round(time.monotonic() - self._began, 2)
                     return
             if time.monotonic() > deadline:
                 raise ControlPlaneError(
@@ -372,6 +377,7 @@ class ControlPlane:
             "ports": vars(self.ports),
             "pids": {p.name: p.pid for p in self.processes},
             "startup_s": self.startup_s,
+            "startup_phases": self.startup_phases,
             "binaries": str(self.binaries.directory),
         }
         (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=2))
