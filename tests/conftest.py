@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 TIERS = ("unit", "runtime", "cluster", "e2e", "bench")
+# The session control plane and its fixtures, shared by tests/cluster and tests/e2e (one instance).
+pytest_plugins = ["tests.conftest_cluster"]
 LOOPBACK_NAMES = {"localhost", "ip6-localhost", "ip6-loopback"}
 
 # Offline before any library is imported by a test: nothing may fetch from a model hub.

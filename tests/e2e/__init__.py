@@ -1,0 +1,1 @@
+"""End-to-end tier: a user's path with the Helm chart on the real control plane."""
