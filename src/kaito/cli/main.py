@@ -6,6 +6,7 @@ import typer
 
 from kaito import __version__
 from kaito.cli import demo, dev, serve
+from kaito.cli import models as models_cli
 from kaito.cli import operator as operator_cli
 from kaito.cli import presets as presets_cli
 from kaito.cli import tune as tune_cli
@@ -35,6 +36,7 @@ app.add_typer(dev.app, name="dev")
 app.command(name="validate")(validate_cli.validate)
 app.command(name="presets")(presets_cli.presets)
 app.add_typer(operator_cli.app, name="operator")
+app.add_typer(models_cli.app, name="models")
 app.command(name="run")(run)
 app.command(name="chat")(chat)
 

@@ -1,0 +1,124 @@
+"""`kaito models`: package model weights as OCI artifacts, push, pull through the node cache."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="Model weights as OCI artifacts: package, push, pull (cached), hub download.",
+    no_args_is_help=True,
+)
+
+DOCKER_CONFIG = typer.Option(
+    None, "--docker-config", help="Docker config JSON with registry credentials."
+)
+INSECURE = typer.Option(
+    None, "--insecure/--secure", help="Plain HTTP (default: only for loopback registries)."
+)
+
+
+def _echo(line: str) -> None:
+    typer.echo(line, err=True)
+
+
+@app.command()
+def package(
+    source: Path = typer.Argument(..., help="Model directory (safetensors, config, tokenizer)."),
+    image: str | None = typer.Option(None, "--image", help="Target reference, e.g. reg/m:tag."),
+    preset: str | None = typer.Option(None, help="sh.kaito.model.name (default: dir name)."),
+    revision: str | None = typer.Option(None, help="sh.kaito.model.revision, e.g. a commit."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the manifest, push nothing."),
+    docker_config: Path | None = DOCKER_CONFIG,
+    insecure: bool | None = INSECURE,
+) -> None:
+    """Package SOURCE as one layer per file and push it to --image (unchanged blobs skip)."""
+    from kaito.runtime.oci.image import RegistryError
+    from kaito.runtime.oci.weights import WeightsError, package_weights, push_weights
+
+    try:
+        packaged = package_weights(source, model_name=preset, revision=revision)
+        if dry_run or image is None:
+            typer.echo(json.dumps(packaged.manifest_json(), indent=2))
+            if image is None and not dry_run:
+                _echo("no --image given: printed the manifest only")
+            return
+        pushed = push_weights(
+            packaged, image, docker_config=docker_config, insecure=insecure, log=_echo
+        )
+    except (WeightsError, RegistryError) as exc:
+        _echo(f"error: {exc}")
+        raise typer.Exit(1) from exc
+    typer.echo(json.dumps(asdict(pushed)))
+
+
+@app.command()
+def pull(
+    reference: str = typer.Argument(..., help="Weights image, e.g. reg/kaito-phi-4:0.2.0."),
+    directory: Path = typer.Argument(..., help="Where the model files go."),
+    cache_dir: Path | None = typer.Option(
+        None, help="Node cache (default $KAITO_CACHE_DIR or ~/.cache/kaito)."
+    ),
+    workers: int = typer.Option(4, help="Parallel range downloads."),
+    chunk_mib: int = typer.Option(32, help="Range size in MiB."),
+    verify: bool = typer.Option(False, "--verify", help="Re-hash cached blobs too."),
+    copy: bool = typer.Option(False, "--copy", help="Copy from the cache instead of linking."),
+    docker_config: Path | None = DOCKER_CONFIG,
+    insecure: bool | None = INSECURE,
+) -> None:
+    """Pull REFERENCE into DIRECTORY; blobs already in the node cache are not downloaded."""
+    from kaito.runtime.oci.image import RegistryError
+    from kaito.runtime.oci.weights import WeightsError, pull_weights
+
+    try:
+        pulled = pull_weights(
+            reference,
+            directory,
+            cache_dir=cache_dir,
+            docker_config=docker_config,
+            insecure=insecure,
+            workers=workers,
+            chunk_size=chunk_mib << 20,
+            verify=verify,
+            link=not copy,
+            log=_echo,
+        )
+    except (WeightsError, RegistryError) as exc:
+        _echo(f"error: {exc}")
+        raise typer.Exit(1) from exc
+    summary = asdict(pulled)
+    summary["files"] = [str(path) for path in pulled.files]
+    typer.echo(json.dumps(summary))
+
+
+@app.command()
+def download(
+    repo: str = typer.Argument(..., help="Hub repository, e.g. microsoft/phi-4."),
+    directory: Path = typer.Argument(..., help="Where the model files go."),
+    revision: str = typer.Option("main", help="Branch, tag or commit (pin a commit)."),
+    endpoint: str | None = typer.Option(None, help="Hub URL (default $HF_ENDPOINT or HF)."),
+    files: list[str] | None = typer.Option(None, "--file", help="Only these files."),
+) -> None:
+    """Download REPO from a Hugging Face-style hub (token from $HF_TOKEN)."""
+    from kaito.runtime.hub import HubError, download_from_hub
+
+    try:
+        done = download_from_hub(
+            repo, directory, revision=revision, files=files, endpoint=endpoint, log=_echo
+        )
+    except HubError as exc:
+        _echo(f"error: {exc}")
+        raise typer.Exit(1) from exc
+    typer.echo(
+        json.dumps(
+            {
+                "repo": done.repo,
+                "revision": done.revision,
+                "files": [str(p) for p in done.files],
+                "downloaded_bytes": done.downloaded_bytes,
+            }
+        )
+    )

@@ -1,0 +1,165 @@
+"""Registry blob endpoints for one repository: HEAD, ranged GET, streamed upload, manifests."""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from kaito.runtime.oci.image import ImageReference, RegistryError, _check, _client
+
+READ_SIZE = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    """`sha256:<hex>` of a file, read in 4 MiB blocks (hashlib releases the GIL on them)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 22):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+@contextmanager
+def _file_body(source: Path | bytes, size: int) -> Iterator[Any]:
+    # A memoryview over an mmap is a bytes-like body: requests sends it without copying
+    # the file into memory, and can send it again when the first try is answered with 401.
+    if isinstance(source, bytes) or size == 0:
+        yield source if isinstance(source, bytes) else b""
+        return
+    with source.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        view = memoryview(mapped)
+        try:
+            yield view
+        finally:
+            view.release()
+
+
+class BlobClient:
+    """The blob and manifest endpoints of `reference`'s repository, safe to share by threads.
+
+    Each thread gets its own oras client (a requests session is not thread-safe), each
+    authenticated from the same Docker config.
+    """
+
+    def __init__(
+        self, ref: str, *, docker_config: Path | None = None, insecure: bool | None = None
+    ) -> None:
+        self.reference = ImageReference.parse(ref)
+        self._docker_config = docker_config
+        self._insecure = insecure
+        self._local = threading.local()
+
+    def _oras(self) -> tuple[Any, Any]:
+        cached = getattr(self._local, "client", None)
+        if cached is None:
+            client = _client(self.reference, self._docker_config, self._insecure)
+            container = client.get_container(f"{self.reference.repository}:{self.reference.target}")
+            cached = self._local.client = (client, container)
+        return cached
+
+    def _blob_url(self, digest: str) -> str:
+        client, container = self._oras()
+        return f"{client.prefix}://{container.get_blob_url(digest)}"
+
+    def exists(self, digest: str) -> bool:
+        """Whether the repository already holds `digest` (HEAD, no body transferred)."""
+        client, _ = self._oras()
+        response = client.do_request(self._blob_url(digest), "HEAD")
+        if response.status_code not in (200, 404):
+            raise RegistryError(f"HEAD blob {digest}: HTTP {response.status_code}")
+        return bool(response.status_code == 200)
+
+    def upload(self, source: Path | bytes, digest: str, size: int) -> bool:
+        """Upload a file or bytes as `digest` unless the registry has it; True if sent."""
+        if self.exists(digest):
+            return False
+        client, container = self._oras()
+        start = client.do_request(
+            f"{client.prefix}://{container.upload_blob_url()}",
+            "POST",
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        _check(start, f"start upload {digest}")
+        location = start.headers.get("Location", "")
+        if not location:
+            raise RegistryError(f"start upload {digest}: no Location header")
+        if location.startswith("/"):
+            location = f"{client.prefix}://{self.reference.registry}{location}"
+        separator = "&" if "?" in location else "?"
+        with _file_body(source, size) as body:
+            response = client.do_request(
+                f"{location}{separator}digest={digest}",
+                "PUT",
+                data=body,
+                headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+            )
+        _check(response, f"upload {digest}")
+        return True
+
+    def download(
+        self,
+        digest: str,
+        sink: Callable[[bytes], None],
+        *,
+        start: int = 0,
+        end: int | None = None,
+    ) -> int:
+        """Stream bytes [start, end) of a blob into `sink`; returns the bytes delivered.
+
+        A Range request that the registry answers with the whole blob (200) is refused
+        rather than written at the wrong offset.
+        """
+        client, _ = self._oras()
+        headers: dict[str, str] = {}
+        if start or end is not None:
+            last = "" if end is None else str(end - 1)
+            headers["Range"] = f"bytes={start}-{last}"
+        response = client.do_request(self._blob_url(digest), "GET", headers=headers, stream=True)
+        try:
+            if headers and response.status_code != 206:
+                raise RegistryError(
+                    f"blob {digest} bytes {headers['Range']}: HTTP {response.status_code}"
+                    " (the registry must answer Range requests with 206)"
+                )
+            if not headers and response.status_code != 200:
+                raise RegistryError(f"blob {digest}: HTTP {response.status_code}")
+            delivered = 0
+            for chunk in response.iter_content(READ_SIZE):
+                sink(chunk)
+                delivered += len(chunk)
+            return delivered
+        finally:
+            response.close()
+
+    def manifest_digest(self, target: str) -> str | None:
+        """The digest the registry stores under a tag or digest, or None when it has none."""
+        client, container = self._oras()
+        url = f"{client.prefix}://{container.manifest_url(target)}"
+        response = client.do_request(url, "HEAD", headers={"Accept": _MANIFEST_ACCEPT})
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise RegistryError(f"HEAD manifest {target}: HTTP {response.status_code}")
+        found = response.headers.get("Docker-Content-Digest")
+        return str(found) if found else None
+
+    def put_manifest(self, target: str, body: bytes, media_type: str) -> None:
+        """PUT `body` verbatim, so the digest a caller computed is the one the registry keeps."""
+        client, container = self._oras()
+        url = f"{client.prefix}://{container.manifest_url(target)}"
+        response = client.do_request(url, "PUT", data=body, headers={"Content-Type": media_type})
+        _check(response, f"upload manifest {self.reference.repository}:{target}")
+
+
+_MANIFEST_ACCEPT = ", ".join(
+    [
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.oci.image.index.v1+json",
+    ]
+)
