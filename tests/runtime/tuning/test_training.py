@@ -145,7 +145,7 @@ def test_sigterm_saves_a_checkpoint_and_a_restart_finishes_the_same_steps(
     out = tmp_path / "out"
     config = tmp_path / "training_config.yaml"
     arguments = {
-        "max_steps": 6,
+        "max_steps": 4,
         "per_device_train_batch_size": 1,
         "max_length": 48,
         "gradient_checkpointing": False,
@@ -177,7 +177,7 @@ def test_sigterm_saves_a_checkpoint_and_a_restart_finishes_the_same_steps(
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         progress = read_progress(out) or {}
-        if progress.get("step", 0) >= 2 or process.poll() is not None:
+        if progress.get("step", 0) >= 1 or process.poll() is not None:
             break
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
@@ -186,13 +186,13 @@ def test_sigterm_saves_a_checkpoint_and_a_restart_finishes_the_same_steps(
     interrupted = read_progress(out)
     assert interrupted is not None and interrupted["phase"] == "interrupted"
     stopped_at = interrupted["step"]
-    assert 2 <= stopped_at < 6
+    assert 1 <= stopped_at < 4
     assert (out / f"checkpoint-{stopped_at}").is_dir()
     assert not is_complete(out)
 
     result = run_tuning(load_config(config), data, out, model_path=str(model_dir), console=False)
     assert result.resumed_from is not None and result.resumed_from.endswith(f"-{stopped_at}")
-    assert result.metrics["global_step"] == 6
+    assert result.metrics["global_step"] == 4
     assert is_complete(out)
     finished = read_progress(out)
     assert finished is not None and finished["resumed_from_step"] == stopped_at
@@ -244,3 +244,14 @@ def test_cli_flags_accept_trls_underscore_spelling(tmp_path: Path) -> None:
         str(tmp_path),
         2,
     )
+
+
+def test_push_only_refuses_an_unfinished_run_instead_of_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "out").mkdir()
+    argv = ["--output-dir", str(tmp_path / "out"), "--dataset-dir", str(tmp_path)]
+    code = main([*argv, "--push", "127.0.0.1:1/a:b", "--push-only", "--json"])
+    assert code == 1
+    assert "no sentinel" in json.loads(capsys.readouterr().out)["error"]
+    assert list((tmp_path / "out").iterdir()) == []

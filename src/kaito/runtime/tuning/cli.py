@@ -76,6 +76,11 @@ def build_parser(prog: str = "kaito tune") -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress on the terminal")
     push = parser.add_argument_group("publish")
     push.add_argument("--push", metavar="IMAGE", help="push the adapter to this image reference")
+    push.add_argument(
+        "--push-only",
+        action="store_true",
+        help="push an already finished results directory; never train (a pusher container)",
+    )
     push.add_argument("--model-name", help="sh.kaito.model.name annotation (preset name)")
     push.add_argument("--docker-config", help="Docker config JSON with registry credentials")
     push.add_argument(
@@ -183,6 +188,13 @@ def _train(
         run_tuning,
     )
 
+    if args.push_only:
+        from kaito.runtime.tuning.output import is_complete
+
+        output = config.output_dir()
+        if not args.push or not is_complete(output):
+            message = f"--push-only needs --push and a finished run in {output} (no sentinel)"
+            return _emit(args, {"ok": False, "error": message}, f"error: {message}", EXIT_FAILED)
     try:
         result = run_tuning(
             config,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +98,8 @@ def fetch_url(
         if not source.is_file():
             raise InputError(f"{url}: no such file")
         partial = target.with_name(f".{target.name}.part")
-        partial.write_bytes(source.read_bytes())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, partial)
         return _finish(url, partial, target, expected)
     if parsed.scheme not in ("http", "https"):
         raise InputError(f"{url}: unsupported URL scheme {parsed.scheme!r} (http, https, file)")
