@@ -75,7 +75,7 @@ def _htpasswd_line(username: str, password: str) -> str:
         )
         return out.stdout.strip()
     try:
-        import bcrypt
+        import bcrypt  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         pytest.skip("neither htpasswd (apache2-utils) nor the bcrypt package is installed")
     hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode()

@@ -44,7 +44,7 @@ def test_the_packaged_templates_parse_and_select_their_method(method: str) -> No
     assert config.method == method
     assert config.output_dir() == Path("/mnt/results")
     assert config.lora["r"] == 8
-    assert yaml.safe_load(template_text(method))["training_config"]["DataCollator"] == {"mlm": True}  # type: ignore[arg-type]
+    assert yaml.safe_load(template_text(method))["training_config"]["DataCollator"] == {"mlm": True}
 
 
 def test_upstreams_example_configmap_is_accepted_unchanged() -> None:
