@@ -279,10 +279,8 @@ def test_a_failed_node_launch_is_reported_in_the_workspace(
         logs=operator,
     )
     assert "no quota" in found["message"]
-    assert (
-        condition(api.get(workspace_path(namespace, "no-capacity")), "ResourceReady")["status"]
-        == "False"
-    )  # type: ignore[index]
+    resource = condition(api.get(workspace_path(namespace, "no-capacity")), "ResourceReady")
+    assert resource is not None and resource["status"] == "False"
 
 
 # --- inference --------------------------------------------------------------------------
@@ -442,10 +440,12 @@ def test_restarting_the_operator_mid_reconcile_leaves_exactly_the_expected_objec
     )
     api.wait_for(lambda: not claims_of(api, namespace, name), timeout_s=30, what="NodeClaims to go")
     for claim in claims:
-        node = claim["metadata"]["name"]
-        api.wait_for(
-            lambda n=node: not api.exists(f"/api/v1/nodes/{n}"), timeout_s=30, what=f"node {node}"
-        )
+        node_path = f"/api/v1/nodes/{claim['metadata']['name']}"
+
+        def node_gone(path: str = node_path) -> bool:
+            return not api.exists(path)
+
+        api.wait_for(node_gone, timeout_s=30, what=node_path)
     api.wait_for(
         lambda: not api.exists(f"/apis/apps/v1/namespaces/{namespace}/statefulsets/{name}"),
         timeout_s=60,
@@ -485,7 +485,7 @@ def test_the_admission_webhook_rejects_what_validation_rejects_and_admits_the_le
         def rejected() -> str | None:
             result = kubectl("apply", "-f", "-", input=yaml.safe_dump(bad), check=False)
             if result.returncode != 0 and "admission webhook" in result.stderr:
-                return result.stderr
+                return str(result.stderr)
             if result.returncode == 0:
                 kubectl("delete", "workspace", "typo", "--wait=false", check=False)
             return None

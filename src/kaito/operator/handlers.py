@@ -52,7 +52,13 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
         if controller is not None:
             await controller.kube.close()
 
-    @kopf.daemon(*WORKSPACES, registry=registry, cancellation_timeout=10.0, backoff=5.0)
+    @kopf.daemon(
+        *WORKSPACES,
+        registry=registry,
+        cancellation_backoff=3.0,
+        cancellation_timeout=10.0,
+        backoff=5.0,
+    )
     async def workspace_daemon(
         body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any
     ) -> None:

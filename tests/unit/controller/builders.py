@@ -115,7 +115,8 @@ def node_for(claim: JSON) -> JSON:
     )
 
 
-def with_status(obj: JSON, **status: Any) -> JSON:
+def with_status(obj: JSON | None, **status: Any) -> JSON:
+    assert obj is not None, "nothing observed to give a status to"
     out = copy.deepcopy(obj)
     out["status"] = status
     out["metadata"].setdefault("generation", 1)
