@@ -392,6 +392,57 @@ def test_existing_nodes_mode_uses_labelled_gpu_nodes_and_creates_no_nodeclaims(
     assert sorted(workspace["status"]["workerNodes"]) == sorted(nodes)
 
 
+def test_a_spec_change_rolls_the_statefulset_and_a_lost_nodeclaim_is_replaced(
+    api: ApiClient, namespace: str, simulator: Proc, start_operator: StartOperator
+) -> None:
+    operator = start_operator()
+    name = "rolling"
+    create_workspace(
+        api, namespace, inference_body(name, "phi-3-mini-4k-instruct", "Standard_NC24ads_A100_v4")
+    )
+    wait_condition(api, namespace, name, "WorkspaceSucceeded", timeout_s=120, logs=operator)
+    sts_path = f"/apis/apps/v1/namespaces/{namespace}/statefulsets/{name}"
+    assert api.get(sts_path)["metadata"]["annotations"]["workspace.kaito.io/revision"] == "1"
+
+    adapter = {"source": {"name": "lora-a", "image": "registry.example.com/adapters/a:1"}}
+    api.request(
+        "PATCH",
+        workspace_path(namespace, name),
+        {"inference": {"adapters": [adapter]}},
+        content_type="application/merge-patch+json",
+    )
+
+    def rolled() -> JSON | None:
+        sts = api.get(sts_path)
+        revision = sts["metadata"]["annotations"].get("workspace.kaito.io/revision")
+        return sts if revision == "2" else None
+
+    sts = api.wait_for(rolled, timeout_s=60, what="the StatefulSet at revision 2")
+    inits = sts["spec"]["template"]["spec"]["initContainers"]
+    assert [c["name"] for c in inits] == ["puller-lora-a"]
+
+    def rollout_event() -> bool:
+        events = api.get(f"/api/v1/namespaces/{namespace}/events")["items"]
+        return any(e["reason"] == "WorkloadRollout" for e in events)
+
+    api.wait_for(rollout_event, timeout_s=30, what="a WorkloadRollout event")
+
+    (claim,) = claims_of(api, namespace, name)
+    api.delete(
+        {"apiVersion": "karpenter.sh/v1", "kind": "NodeClaim", "metadata": claim["metadata"]}
+    )
+
+    def replaced() -> JSON | None:
+        found = claims_of(api, namespace, name)
+        fresh = [c for c in found if c["metadata"]["uid"] != claim["metadata"]["uid"]]
+        return fresh[0] if fresh else None
+
+    again = api.wait_for(replaced, timeout_s=60, what="a replacement NodeClaim")
+    assert again["metadata"]["name"] == claim["metadata"]["name"]
+    assert len(claims_of(api, namespace, name)) == 1
+    wait_condition(api, namespace, name, "NodeClaimReady", timeout_s=60, logs=operator)
+
+
 # --- restarts and deletion --------------------------------------------------------------
 
 
