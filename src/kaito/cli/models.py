@@ -67,28 +67,39 @@ def pull(
     verify: bool = typer.Option(False, "--verify", help="Re-hash cached blobs too."),
     copy: bool = typer.Option(False, "--copy", help="Copy from the cache instead of linking."),
     docker_config: Path | None = DOCKER_CONFIG,
+    docker_config_dir: Path | None = typer.Option(
+        None,
+        "--docker-config-dir",
+        help="Folder of Docker config JSONs (pull secrets): anonymous first, then each.",
+    ),
     insecure: bool | None = INSECURE,
 ) -> None:
     """Pull REFERENCE into DIRECTORY; blobs already in the node cache are not downloaded."""
     from kaito.runtime.oci.image import RegistryError
     from kaito.runtime.oci.weights import WeightsError, pull_weights
 
-    try:
-        pulled = pull_weights(
-            reference,
-            directory,
-            cache_dir=cache_dir,
-            docker_config=docker_config,
-            insecure=insecure,
-            workers=workers,
-            chunk_size=chunk_mib << 20,
-            verify=verify,
-            link=not copy,
-            log=_echo,
-        )
-    except (WeightsError, RegistryError) as exc:
-        _echo(f"error: {exc}")
-        raise typer.Exit(1) from exc
+    configs: list[Path | None] = [docker_config]
+    if docker_config_dir is not None and docker_config_dir.is_dir():
+        configs += sorted(docker_config_dir.glob("*.json"))
+    for index, config in enumerate(configs):
+        try:
+            pulled = pull_weights(
+                reference,
+                directory,
+                cache_dir=cache_dir,
+                docker_config=config,
+                insecure=insecure,
+                workers=workers,
+                chunk_size=chunk_mib << 20,
+                verify=verify,
+                link=not copy,
+                log=_echo,
+            )
+            break
+        except (WeightsError, RegistryError) as exc:
+            _echo(f"error: {exc}" + (f" (with {config})" if config else ""))
+            if isinstance(exc, WeightsError) or index == len(configs) - 1:
+                raise typer.Exit(1) from exc
     summary = asdict(pulled)
     summary["files"] = [str(path) for path in pulled.files]
     typer.echo(json.dumps(summary))

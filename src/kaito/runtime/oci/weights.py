@@ -410,7 +410,7 @@ def pull_weights(
         log,
     )
     layers = weight_layers(manifest)
-    cache = BlobCache(cache_dir or default_cache_dir())
+    cache = _open_cache(cache_dir or default_cache_dir(), dest, log)
     client = BlobClient(ref, docker_config=docker_config, insecure=insecure)
     result = WeightsPullResult(str(ImageReference.parse(ref)), digest, [], {})
     result.annotations = dict(manifest.get("annotations", {}))
@@ -446,6 +446,20 @@ def pull_weights(
             result.files.append(_place(cache.path(layer_digest), dest / name, link=link))
     result.seconds = time.monotonic() - started
     return result
+
+
+def _open_cache(root: Path, dest: Path, log: Callable[[str], None]) -> BlobCache:
+    # A node cache this user cannot write (a hostPath the node did not prepare) must not fail
+    # the pull: keep the cache beside the weights and lose only the reuse across pods.
+    try:
+        cache = BlobCache(root)
+        if all(os.access(d, os.W_OK) for d in (cache.root, cache.blobs, cache.partial)):
+            return cache
+    except OSError:
+        pass
+    fallback = dest / ".kaito-cache"
+    log(f"cache {root} is not writable; caching in {fallback}")
+    return BlobCache(fallback)
 
 
 def _download(

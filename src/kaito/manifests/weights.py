@@ -1,0 +1,133 @@
+"""The weights pull stage: an init container that pulls a weights image through a node cache."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kaito.api.workspace import PresetSpec
+from kaito.manifests.common import JSON
+from kaito.manifests.options import ClusterOptions
+
+WEIGHTS_DIR = "/workspace/weights"
+WEIGHTS_VOLUME = "model-weights-volume"
+# On the node, so a restarted or rescheduled pod on the same node downloads nothing. The
+# directory must be writable by the runtime's user (kaito pods do not run as root); when it
+# is not, the puller keeps its cache inside the weights volume and only skips the reuse.
+CACHE_HOST_PATH = "/var/lib/kaito/weights-cache"
+CACHE_MOUNT = "/var/cache/kaito"
+CACHE_VOLUME = "weights-cache"
+SECRETS_DIR = "/root/.docker/config.d/weights"
+SECRETS_VOLUME = "docker-config-weights"
+INIT_NAME = "weights-puller"
+
+
+@dataclass(frozen=True)
+class WeightsPull:
+    """What a pod needs for the pull stage: one init container, its volumes, pull secrets."""
+
+    init_container: JSON
+    volumes: list[JSON]
+    image_pull_secrets: list[JSON]
+
+
+def weights_image(preset: PresetSpec | None) -> tuple[str, list[str]] | None:
+    """(image, pull secrets) when the preset names a weights image (`presetOptions.image`)."""
+    if preset is None or preset.preset_options is None or not preset.preset_options.image:
+        return None
+    return preset.preset_options.image, list(preset.preset_options.image_pull_secrets or [])
+
+
+def build_weights_pull(
+    image: str,
+    options: ClusterOptions,
+    *,
+    pull_secrets: Sequence[str] = (),
+    weights_dir: str = WEIGHTS_DIR,
+    weights_volume: str = WEIGHTS_VOLUME,
+    cache_host_path: str | None = CACHE_HOST_PATH,
+) -> WeightsPull:
+    """`kaito models pull IMAGE weights_dir` as an init container of the runtime image.
+
+    Private registries: each pull secret's `.dockerconfigjson` is projected into one folder;
+    the puller tries anonymous access, then each file (like upstream's adapter puller).
+    `cache_host_path=None` keeps the cache in the pod (for namespaces that forbid hostPath).
+    """
+    command = ["python", "-m", "kaito.cli.main", "models", "pull", image, weights_dir]
+    command += ["--cache-dir", CACHE_MOUNT]
+    mounts: list[JSON] = [
+        {"name": weights_volume, "mountPath": weights_dir},
+        {"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT},
+    ]
+    cache: JSON = (
+        {"name": CACHE_VOLUME, "hostPath": {"path": cache_host_path, "type": "DirectoryOrCreate"}}
+        if cache_host_path
+        else {"name": CACHE_VOLUME, "emptyDir": {}}
+    )
+    volumes: list[JSON] = [cache]
+    secrets = list(dict.fromkeys(pull_secrets))
+    if secrets:
+        command += ["--docker-config-dir", SECRETS_DIR]
+        mounts.append({"name": SECRETS_VOLUME, "mountPath": SECRETS_DIR, "readOnly": True})
+        volumes.append(
+            {
+                "name": SECRETS_VOLUME,
+                "projected": {
+                    "sources": [
+                        {
+                            "secret": {
+                                "name": secret,
+                                "items": [{"key": ".dockerconfigjson", "path": f"{secret}.json"}],
+                            }
+                        }
+                        for secret in secrets
+                    ]
+                },
+            }
+        )
+    init: JSON = {
+        "name": INIT_NAME,
+        "image": options.runtime_image,
+        "imagePullPolicy": options.image_pull_policy,
+        "command": command,
+        "volumeMounts": mounts,
+    }
+    return WeightsPull(init, volumes, [{"name": s} for s in secrets])
+
+
+def with_weights_pull(
+    pod_spec: JSON,
+    pull: WeightsPull,
+    *,
+    weights_dir: str = WEIGHTS_DIR,
+    model_flag: str = "--model",
+) -> JSON:
+    """A copy of `pod_spec` that pulls first and points the main container at the weights.
+
+    The pull runs before any other init container (adapter pullers need no weights, but a
+    failing weights pull should fail fast). The first container's `--model=<hub id>` becomes
+    `--model=<weights_dir>`, so the server loads the pulled files instead of the hub.
+    """
+    spec = copy.deepcopy(pod_spec)
+    spec["initContainers"] = [copy.deepcopy(pull.init_container), *spec.get("initContainers", [])]
+    names = {volume["name"] for volume in spec.get("volumes", [])}
+    spec["volumes"] = [
+        *spec.get("volumes", []),
+        *(copy.deepcopy(v) for v in pull.volumes if v["name"] not in names),
+    ]
+    if pull.image_pull_secrets:
+        known = [s["name"] for s in spec.get("imagePullSecrets", [])]
+        spec["imagePullSecrets"] = [
+            *spec.get("imagePullSecrets", []),
+            *(s for s in pull.image_pull_secrets if s["name"] not in known),
+        ]
+    main = spec["containers"][0]
+    prefix = f"{model_flag}="
+    for key in ("args", "command"):
+        if main.get(key):
+            main[key] = [
+                f"{prefix}{weights_dir}" if str(arg).startswith(prefix) else arg
+                for arg in main[key]
+            ]
+    return spec

@@ -1,0 +1,99 @@
+"""The weights pull stage: init container, node cache volume and pull secrets (pure builders)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kaito.api.workspace import parse_workspace
+from kaito.manifests.context import resolve
+from kaito.manifests.inference import build_pod_template
+from kaito.manifests.options import ClusterOptions
+from kaito.manifests.weights import (
+    CACHE_HOST_PATH,
+    CACHE_MOUNT,
+    INIT_NAME,
+    SECRETS_DIR,
+    WEIGHTS_DIR,
+    build_weights_pull,
+    weights_image,
+    with_weights_pull,
+)
+from tests.unit.controller.builders import OPTIONS, inference_workspace, stored, with_
+
+JSON = dict[str, Any]
+IMAGE = "registry.example.com/kaito/phi-3-mini-4k-instruct:0.2.0"
+
+
+def _workspace(**options: Any) -> Any:
+    body = inference_workspace()
+    if options:
+        body = with_(body, "inference.preset.presetOptions", options)
+    return parse_workspace(stored(body))
+
+
+def _pod_spec() -> JSON:
+    spec: JSON = build_pod_template(resolve(_workspace(), OPTIONS))["spec"]
+    return spec
+
+
+def test_a_preset_without_an_image_has_no_pull_stage() -> None:
+    assert weights_image(_workspace().inference.preset) is None
+
+
+def test_the_preset_options_image_and_its_secrets_name_the_weights_image() -> None:
+    workspace = _workspace(image=IMAGE, imagePullSecrets=["acr", "acr", "backup"])
+    assert weights_image(workspace.inference.preset) == (IMAGE, ["acr", "acr", "backup"])
+
+
+def test_the_puller_runs_kaito_models_pull_into_the_weights_dir_through_the_node_cache() -> None:
+    options = ClusterOptions(runtime_image="registry.example.com/kaito/runtime:1")
+    pull = build_weights_pull(IMAGE, options)
+    init = pull.init_container
+    assert init["name"] == INIT_NAME
+    assert init["image"] == "registry.example.com/kaito/runtime:1"
+    assert init["command"][:6] == ["python", "-m", "kaito.cli.main", "models", "pull", IMAGE]
+    assert init["command"][6:] == [WEIGHTS_DIR, "--cache-dir", CACHE_MOUNT]
+    assert {m["mountPath"] for m in init["volumeMounts"]} == {WEIGHTS_DIR, CACHE_MOUNT}
+    assert pull.volumes == [
+        {
+            "name": "weights-cache",
+            "hostPath": {"path": CACHE_HOST_PATH, "type": "DirectoryOrCreate"},
+        }
+    ]
+    assert pull.image_pull_secrets == []
+
+
+def test_without_a_host_path_the_cache_lives_in_the_pod() -> None:
+    pull = build_weights_pull(IMAGE, OPTIONS, cache_host_path=None)
+    assert pull.volumes == [{"name": "weights-cache", "emptyDir": {}}]
+
+
+def test_pull_secrets_are_projected_once_each_and_offered_to_the_puller() -> None:
+    pull = build_weights_pull(IMAGE, OPTIONS, pull_secrets=["acr", "acr", "backup"])
+    assert pull.init_container["command"][-2:] == ["--docker-config-dir", SECRETS_DIR]
+    projected = next(v for v in pull.volumes if "projected" in v)["projected"]["sources"]
+    assert [s["secret"]["name"] for s in projected] == ["acr", "backup"]
+    assert projected[0]["secret"]["items"] == [{"key": ".dockerconfigjson", "path": "acr.json"}]
+    assert pull.image_pull_secrets == [{"name": "acr"}, {"name": "backup"}]
+
+
+def test_the_inference_pod_pulls_first_and_serves_the_pulled_weights() -> None:
+    original = _pod_spec()
+    hub_model = next(a for a in original["containers"][0]["args"] if a.startswith("--model="))
+    assert hub_model != f"--model={WEIGHTS_DIR}"
+    spec = with_weights_pull(original, build_weights_pull(IMAGE, OPTIONS, pull_secrets=["acr"]))
+    assert spec["initContainers"][0]["name"] == INIT_NAME
+    assert f"--model={WEIGHTS_DIR}" in spec["containers"][0]["args"]
+    assert hub_model not in spec["containers"][0]["args"]
+    names = [v["name"] for v in spec["volumes"]]
+    assert "model-weights-volume" in names and "weights-cache" in names
+    assert names.count("model-weights-volume") == 1
+    assert {"name": "acr"} in spec["imagePullSecrets"]
+    assert original == _pod_spec(), "the input pod spec is left untouched"
+
+
+def test_secrets_already_on_the_pod_are_not_repeated() -> None:
+    spec = _pod_spec()
+    spec["imagePullSecrets"] = [{"name": "acr"}]
+    out = with_weights_pull(spec, build_weights_pull(IMAGE, OPTIONS, pull_secrets=["acr", "b"]))
+    assert out["imagePullSecrets"] == [{"name": "acr"}, {"name": "b"}]
