@@ -134,3 +134,26 @@ def test_a_failed_load_is_reported_by_health(tmp_path: Any) -> None:
     response = client.get("/health")
     assert response.status_code == 500
     assert "Model not initialized" in response.json()["detail"]
+
+
+def test_a_failing_step_fails_its_request_and_the_server_keeps_serving(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = server.serving.engine
+    assert engine is not None
+    real_forward = engine._forward
+    failures = iter([RuntimeError("boom")])
+
+    def forward_failing_once(*args: Any, **kwargs: Any) -> Any:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_forward", forward_failing_once)
+    body = {"model": SERVED_NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    response = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 500
+    assert "boom" in response.json()["error"]["message"]
+    monkeypatch.undo()
+    assert complete(server.url, "What is 2+2?", 4)

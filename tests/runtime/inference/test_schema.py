@@ -6,20 +6,13 @@ from typing import Any
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, Phase, settings
-from schemathesis.checks import not_a_server_error
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis import GenerationMode
 
 from kaito.runtime.inference import RunningServer
 
 TINY = 3  # generated tokens per fuzzed request: the point is the status code, not the text
-
-
-@pytest.fixture(scope="session")
-def api_schema(server: RunningServer) -> Any:
-    return schemathesis.openapi.from_url(f"{server.url}/openapi.json")
-
-
-schema = schemathesis.pytest.from_fixture("api_schema")
+EXAMPLES = 10  # per operation and mode; 9 operations x 2 modes
 
 
 def bound_generation(body: Any) -> None:
@@ -38,14 +31,44 @@ def bound_generation(body: Any) -> None:
         body["generate_kwargs"] = {"max_new_tokens": TINY}
 
 
-@schema.parametrize()
-@settings(
-    max_examples=12,
-    deadline=None,
-    derandomize=True,
-    phases=[Phase.explicit, Phase.generate],
-    suppress_health_check=list(HealthCheck),
-)
-def test_no_request_makes_the_server_fail(case: Any, server: RunningServer) -> None:
-    bound_generation(case.body)
-    case.call_and_validate(base_url=server.url, checks=[not_a_server_error], timeout=120)
+def operations(url: str) -> list[Any]:
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    return [result.ok() for result in schema.get_all_operations()]
+
+
+def fuzz(operation: Any, mode: GenerationMode, url: str, failures: list[str]) -> Any:
+    """A hypothesis test for one operation that records every 5xx answer."""
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    def probe(case: Any) -> None:
+        bound_generation(case.body)
+        response = case.call(base_url=url, timeout=120)
+        if response.status_code >= 500:
+            failures.append(
+                f"{operation.method.upper()} {operation.path} body={case.body!r} -> "
+                f"{response.status_code} {response.text[:300]}"
+            )
+
+    return probe
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_no_generated_request_makes_the_server_fail(
+    server: RunningServer, mode: GenerationMode
+) -> None:
+    found = operations(server.url)
+    assert {op.path for op in found} >= {"/v1/chat/completions", "/v1/completions", "/chat"}
+    failures: list[str] = []
+    for operation in found:
+        if mode == GenerationMode.NEGATIVE and operation.method.upper() != "POST":
+            continue  # nothing to break: these operations take no input
+        fuzz(operation, mode, server.url, failures)()
+    assert not failures, "\n".join(failures)

@@ -342,7 +342,13 @@ class TransformersEngine:
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.base_model.config)
-        logits = self._forward(new, input_ids, mask, positions, cache)
+        try:
+            logits = self._forward(new, input_ids, mask, positions, cache)
+        except Exception as exc:  # fail only the newcomers; the running batch is intact
+            log.exception("prefill failed")
+            for seq in new:
+                seq.sink(_error_delta(seq, f"generation failed: {exc}"))
+            return
         self._merge(_Batch(seqs=new, cache=cache, mask=mask))
         self._emit(new, logits)
 

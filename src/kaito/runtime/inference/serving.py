@@ -305,6 +305,9 @@ class InferenceServing:
         )
 
     def _validate_common(self, req: p.SamplingFields) -> ServingError | None:
+        extra = req.model_extra or {}
+        if extra.get("logprobs") or extra.get("top_logprobs"):
+            return bad_request("logprobs are not supported by this server", "logprobs")
         stops = req.stop_list()
         if len(stops) > p.MAX_STOP or any(len(s) > 256 for s in stops):
             return bad_request(f"at most {p.MAX_STOP} stop strings of 256 characters", "stop")
@@ -315,12 +318,18 @@ class InferenceServing:
 
     def _chat_prompt(self, req: p.ChatCompletionRequest) -> list[int] | ServingError:
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        extra = {
-            k: v for k, v in (req.chat_template_kwargs or {}).items() if k not in _TEMPLATE_ARGS
-        }
+        return self._render_chat(messages, req.add_generation_prompt, req.chat_template_kwargs)
+
+    def _render_chat(
+        self,
+        messages: list[dict[str, str]],
+        add_generation_prompt: bool = True,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> list[int] | ServingError:
+        extra = {k: v for k, v in (template_kwargs or {}).items() if k not in _TEMPLATE_ARGS}
         try:
             text = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=req.add_generation_prompt, tokenize=False, **extra
+                messages, add_generation_prompt=add_generation_prompt, tokenize=False, **extra
             )
         except Exception as exc:  # a template rejecting the conversation is the client's error
             return bad_request(f"the chat template rejected these messages: {exc}", "messages")
@@ -598,11 +607,9 @@ class InferenceServing:
                 return ServingError(400, encoded.message)
             prompt = encoded
         elif req.messages:
-            chat = p.ChatCompletionRequest(
-                model=self.config.model_name,
-                messages=[p.ChatMessage(role=m.role, content=m.content) for m in req.messages],
+            prompt_or_error = self._render_chat(
+                [{"role": m.role, "content": m.content} for m in req.messages]
             )
-            prompt_or_error = self._chat_prompt(chat)
             if isinstance(prompt_or_error, ServingError):
                 return ServingError(400, prompt_or_error.message)
             prompt = prompt_or_error
