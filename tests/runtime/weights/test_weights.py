@@ -231,3 +231,38 @@ def test_the_cli_packages_pushes_and_pulls_a_model(
     assert (tmp_path / "out" / "config.json").read_text() == (model / "config.json").read_text()
     missing = runner.invoke(app, ["models", "pull", oci_registry.ref("models/none", "0"), "x"])
     assert missing.exit_code == 1
+
+
+def test_the_cli_tries_each_pull_secret_until_one_is_accepted(
+    oci_registry_auth: LocalRegistry, tmp_path: Path
+) -> None:
+    package = package_weights(fake_model(tmp_path / "model", seed="secrets"))
+    ref = oci_registry_auth.ref("models/secrets", "1")
+    secrets = tmp_path / "config.d"
+    secrets.mkdir()
+    oci_registry_auth.docker_config(secrets).rename(secrets / "b-good.json")
+    wrong = {"auths": {oci_registry_auth.host: {"auth": "eDp5"}}}  # x:y
+    (secrets / "a-wrong.json").write_text(json.dumps(wrong))
+    push_weights(package, ref, docker_config=secrets / "b-good.json")
+    result = CliRunner().invoke(
+        app,
+        [
+            *("models", "pull", ref, str(tmp_path / "out")),
+            *("--cache-dir", str(tmp_path / "c"), "--docker-config-dir", str(secrets)),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["digest"] == package.digest
+
+
+def test_a_cache_that_cannot_be_written_moves_into_the_weights_directory(
+    oci_registry: LocalRegistry, tmp_path: Path
+) -> None:
+    package = package_weights(fake_model(tmp_path / "model", seed="no-cache"))
+    pushed = push_weights(package, oci_registry.ref("models/no-cache", "1"))
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    dest = tmp_path / "weights"
+    pull_weights(pushed.reference, dest, cache_dir=blocked / "cache")
+    _same_files(dest, package)
+    assert BlobCache(dest / ".kaito-cache").path(package.files[0].digest).is_file()
