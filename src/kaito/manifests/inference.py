@@ -10,6 +10,7 @@ from kaito.api.workspace import ANNOTATION_ENABLE_LB, AdapterSpec
 from kaito.manifests.common import (
     JSON,
     child_metadata,
+    harden_pod_spec,
     node_affinity,
     stamp,
     tolerations,
@@ -298,7 +299,7 @@ def build_pod_template(ctx: WorkspaceContext) -> JSON:
     secrets = _pull_secrets(ctx)
     if secrets:
         spec["imagePullSecrets"] = secrets
-    return {"metadata": {"labels": workspace_labels(ctx.workspace)}, "spec": spec}
+    return {"metadata": {"labels": workspace_labels(ctx.workspace)}, "spec": harden_pod_spec(spec)}
 
 
 def _custom_pod_template(ctx: WorkspaceContext) -> JSON:

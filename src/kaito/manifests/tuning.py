@@ -15,7 +15,14 @@ from typing import Any
 import yaml
 
 from kaito.api.workspace import TuningSpec
-from kaito.manifests.common import JSON, child_metadata, node_affinity, stamp, tolerations
+from kaito.manifests.common import (
+    JSON,
+    child_metadata,
+    harden_pod_spec,
+    node_affinity,
+    stamp,
+    tolerations,
+)
 from kaito.manifests.context import WorkspaceContext
 from kaito.manifests.keys import ANNOTATION_REVISION, GPU_RESOURCE
 
@@ -257,7 +264,10 @@ def build_job(ctx: WorkspaceContext, *, output_dir: str = "/mnt/results") -> JSO
             "metadata": metadata,
             "spec": {
                 "backoffLimit": BACKOFF_LIMIT,
-                "template": {"metadata": {"labels": dict(metadata["labels"])}, "spec": spec},
+                "template": {
+                    "metadata": {"labels": dict(metadata["labels"])},
+                    "spec": harden_pod_spec(spec),
+                },
             },
         }
     )

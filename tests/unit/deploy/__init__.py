@@ -1,0 +1,1 @@
+"""Unit tests of the deployment artefacts: Helm chart, generated files, RBAC, images."""
