@@ -74,12 +74,33 @@ class NodePicture:
     needed_claims: int
     live_claims: tuple[JSON, ...]  # not deleting
     ready_claims: tuple[JSON, ...]
-    to_create: tuple[str, ...]  # NodeClaim names to create now
+    to_create: tuple[int, ...]  # indices of the NodeClaims to create now (names hash them)
     gpus_per_node: int | None  # from the first qualifying node (BYO GPU config)
+    pressure: tuple[str, ...] = ()  # "node (DiskPressure, ...)" for ready nodes under pressure
 
     @property
     def claims_ready(self) -> bool:
         return len(self.ready_claims) >= self.needed_claims
+
+
+PRESSURE_TYPES = ("DiskPressure", "MemoryPressure", "PIDPressure")
+
+
+def pressure_of(node: Mapping[str, Any]) -> str | None:
+    """ "name (DiskPressure, ...)" when the node reports resource pressure, else None."""
+    conditions = (node.get("status") or {}).get("conditions") or []
+    kinds = [
+        t
+        for t in PRESSURE_TYPES
+        if any(c.get("type") == t and c.get("status") == "True" for c in conditions)
+    ]
+    return f"{name_of(node)} ({', '.join(kinds)})" if kinds else None
+
+
+def _pressure(nodes: Sequence[JSON], names: Sequence[str]) -> tuple[str, ...]:
+    by_name = {name_of(n): n for n in nodes}
+    found = (pressure_of(by_name[n]) for n in names if n in by_name)
+    return tuple(p for p in found if p)
 
 
 def qualifies(node: Mapping[str, Any], instance_type: str, preferred: Sequence[str]) -> bool:
@@ -114,17 +135,17 @@ def picture(
             ready_claims=(),
             to_create=(),
             gpus_per_node=node_gpus(first) if first is not None else None,
+            pressure=_pressure(nodes, names),
         )
     byo = [n for n in usable if name_of(n) not in claimed and LABEL_NODEPOOL not in labels_of(n)]
     needed = max(0, ctx.target_node_count - len(byo))
     missing = max(0, needed - len(live))
     taken = {name_of(c) for c in claims}
-    to_create: list[str] = []
+    to_create: list[int] = []
     index = 0
     while len(to_create) < missing:
-        name = nodeclaim_name(ctx.namespace, ctx.name, index)
-        if name not in taken:
-            to_create.append(name)
+        if nodeclaim_name(ctx.namespace, ctx.name, index) not in taken:
+            to_create.append(index)
         index += 1
     ready_claims = tuple(c for c in live if claim_ready(c))
     claim_nodes = [
@@ -142,4 +163,5 @@ def picture(
         ready_claims=ready_claims,
         to_create=tuple(to_create),
         gpus_per_node=None,
+        pressure=_pressure(nodes, ready),
     )

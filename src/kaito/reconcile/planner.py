@@ -205,6 +205,15 @@ def _node_conditions(ctx: WorkspaceContext, pic: NodePicture, use_claims: bool) 
             f"Not enough Nodes are ready ({len(pic.ready_nodes)}/{target})",
         )
     )
+    if pic.pressure:
+        # Upstream appends this to NodesReady whatever its status.
+        warning = f"; warning: worker node(s) under resource pressure: {', '.join(pic.pressure)}"
+        node_cond = Cond.of(
+            node_cond.type,
+            node_cond.status == "True",
+            node_cond.reason,
+            node_cond.message + warning,
+        )
     out.append(node_cond)
     if claim_cond is not None and claim_cond.status != "True":
         out.append(Cond(c.RESOURCE_READY, "False", claim_cond.reason, claim_cond.message))
@@ -217,11 +226,13 @@ def _node_conditions(ctx: WorkspaceContext, pic: NodePicture, use_claims: bool) 
     return out
 
 
-def _claim_events(pic: NodePicture, body: Mapping[str, Any], conds: Sequence[Cond]) -> list[Event]:
+def _claim_events(
+    created: Sequence[JSON], body: Mapping[str, Any], conds: Sequence[Cond]
+) -> list[Event]:
     ws_name = f"{(body.get('metadata') or {}).get('namespace')}/{name_of(body)}"
     events = [
         Event("Normal", "NodeClaimCreated", f"Creating NodeClaim {name} for workspace {ws_name}")
-        for name in pic.to_create
+        for name in (name_of(claim) for claim in created)
     ]
     new = next((x for x in conds if x.type == c.NODECLAIM_READY), None)
     old = c.find(_old_status(body).get("conditions"), c.NODECLAIM_READY)
@@ -278,9 +289,10 @@ def _plan(
     pic = picture(ctx, observed.nodes, observed.nodeclaims, use_claims=use_claims)
     if not use_claims and pic.gpus_per_node:
         ctx = dataclasses.replace(ctx, gpus_per_node=pic.gpus_per_node)
-    apply: list[JSON] = [build_nodeclaim_named(ctx, name) for name in pic.to_create]
+    new_claims = [build_nodeclaim(ctx, index) for index in pic.to_create]
+    apply: list[JSON] = list(new_claims)
     conds = _node_conditions(ctx, pic, use_claims)
-    events = _claim_events(pic, body, conds) if use_claims else []
+    events = _claim_events(new_claims, body, conds) if use_claims else []
     resource_ready = all(x.status == "True" for x in conds if x.type == c.RESOURCE_READY)
     if use_claims and not pic.claims_ready:
         requeue: float | None = CLAIMS_POLL_S
@@ -314,16 +326,6 @@ def _plan(
         events=tuple(events),
         requeue_after=requeue,
     )
-
-
-def build_nodeclaim_named(ctx: WorkspaceContext, name: str) -> JSON:
-    """The NodeClaim for a planned name (the index is the one that hashes to it)."""
-    index = 0
-    from kaito.manifests.nodeclaim import nodeclaim_name
-
-    while nodeclaim_name(ctx.namespace, ctx.name, index) != name:
-        index += 1
-    return build_nodeclaim(ctx, index)
 
 
 @dataclass(frozen=True)

@@ -199,6 +199,18 @@ def test_worker_nodes_list_the_ready_nodes_sorted() -> None:
     )
 
 
+def test_nodes_under_pressure_are_named_in_nodes_ready() -> None:
+    body, observed = cluster_with_ready_nodes(legacy_tuning())
+    node = copy.deepcopy(observed.nodes[0])
+    node["status"]["conditions"].append({"type": "DiskPressure", "status": "True"})
+    result = plan(body, dataclass_replace(observed, nodes=(node,)), OPTIONS, now=LATER)
+    nodes_ready = condition(result.status, "NodesReady")
+    assert nodes_ready["status"] == "True"
+    assert nodes_ready["message"].endswith(
+        f"under resource pressure: {node['metadata']['name']} (DiskPressure)"
+    )
+
+
 def test_existing_nodes_mode_creates_no_nodeclaims_and_drops_the_condition() -> None:
     nodes = tuple(
         gpu_node(
