@@ -43,6 +43,7 @@ def package(
         packaged = package_weights(source, model_name=preset, revision=revision)
         if dry_run or image is None:
             typer.echo(json.dumps(packaged.manifest_json(), indent=2))
+            _echo(f"digest: {packaged.digest}")
             if image is None and not dry_run:
                 _echo("no --image given: printed the manifest only")
             return

@@ -119,3 +119,20 @@ def start_proxy(
         cut()
         for sock in open_sockets:
             sock.close()
+
+
+def main() -> None:
+    """`python -m tests.runtime.weights.proxy UPSTREAM [CAP_BYTES_S]`: print host, serve forever.
+
+    A separate process keeps the proxy's Python threads off the measured process's GIL.
+    """
+    import sys
+
+    cap = float(sys.argv[2]) if len(sys.argv) > 2 else None
+    with start_proxy(sys.argv[1], per_connection_bytes_s=cap) as proxy:
+        print(proxy.host, flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -66,8 +67,6 @@ class WeightsPackage:
 
     @property
     def digest(self) -> str:
-        import hashlib
-
         return "sha256:" + hashlib.sha256(self.manifest).hexdigest()
 
     def manifest_json(self) -> dict[str, Any]:
@@ -76,8 +75,6 @@ class WeightsPackage:
 
 
 def _digest_bytes(data: bytes) -> str:
-    import hashlib
-
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
@@ -307,6 +304,11 @@ class _Partial:
         self.fd = os.open(self.data, os.O_RDWR)
         self._lock = threading.Lock()
         self._unsaved = 0
+        # The digest is computed while the download runs: whatever prefix is complete gets
+        # hashed from the page cache, so little is left to hash once the last range lands.
+        self._hasher = hashlib.sha256()
+        self._hashed = 0
+        self._hash_lock = threading.Lock()
 
     def reset(self) -> None:
         self.done = {}
@@ -321,6 +323,34 @@ class _Partial:
             for start in range(0, self.size, self.chunk)
             if start + self.done.get(start, 0) < min(start + self.chunk, self.size)
         ]
+
+    def _frontier(self) -> int:
+        with self._lock:
+            for start in range(0, self.size, self.chunk):
+                end = min(start + self.chunk, self.size)
+                have = self.done.get(start, 0)
+                if start + have < end:
+                    return start + have
+        return self.size
+
+    def hash_ready(self, *, wait: bool = False) -> None:
+        """Hash the complete prefix; without `wait`, skip when another thread is at it."""
+        if not self._hash_lock.acquire(blocking=wait):
+            return
+        try:
+            limit = self._frontier()
+            while self._hashed < limit:
+                block = os.pread(self.fd, min(4 << 20, limit - self._hashed), self._hashed)
+                if not block:
+                    break
+                self._hasher.update(block)
+                self._hashed += len(block)
+        finally:
+            self._hash_lock.release()
+
+    def digest_matches(self) -> bool:
+        self.hash_ready(wait=True)
+        return self._hashed == self.size and "sha256:" + self._hasher.hexdigest() == self.digest
 
     def write(self, chunk_start: int, offset: int, data: bytes) -> None:
         os.pwrite(self.fd, data, offset)
@@ -496,6 +526,7 @@ def _download(
                 client.download(partial.digest, sink, start=offset, end=end)
                 if start + partial.done.get(start, 0) < end:
                     raise RegistryError(f"blob {partial.digest}: short read at {position[0]}")
+                partial.hash_ready()
                 return
             except Exception as exc:
                 if attempt == attempts:
@@ -515,19 +546,19 @@ def _download(
             error = future.exception()
             if error is not None:
                 raise RegistryError(f"download {future_names[future]}: {error}") from error
+        matches = dict(zip(partials, pool.map(_Partial.digest_matches, partials), strict=True))
     finally:
         for partial in partials:
             partial.close()
-
-    def finish(partial: _Partial) -> str | None:
-        if sha256_file(partial.data) != partial.digest:
+    bad = []
+    for partial in partials:
+        if matches[partial]:
+            cache.commit(partial.digest, partial.data)
+            partial.progress_path.unlink(missing_ok=True)
+        else:
             partial.discard()
-            return partial.digest
-        cache.commit(partial.digest, partial.data)
-        partial.progress_path.unlink(missing_ok=True)
-        return None
-
-    return [d for d in pool.map(finish, partials) if d is not None]
+            bad.append(partial.digest)
+    return bad
 
 
 def _place(blob: Path, target: Path, *, link: bool) -> Path:
