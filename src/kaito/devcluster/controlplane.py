@@ -164,6 +164,8 @@ class ControlPlane:
         began = self._began = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(exist_ok=True)
+        # Data left by a cluster that died unstopped was written under another PKI; start clean.
+        shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
         self._pki = generate_pki(self.workdir / "pki")
         self._write_kubeconfigs()
         deadline = began + timeout_s
