@@ -15,6 +15,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[3]
 CHART = REPO / "charts" / "kaito"
 JSON = dict[str, Any]
+KUBE_VERSION = "1.34.4"  # the test control plane's (hack/build-control-plane.sh)
 
 
 def helm_binary() -> Path | None:
@@ -57,6 +58,8 @@ def render(values: Mapping[str, Any] | None = None, namespace: str = "kaito-syst
             "kaito",
             str(CHART),
             f"--namespace={namespace}",
+            # A helm built by `go install` assumes Kubernetes 1.20 without a cluster to ask.
+            f"--kube-version={KUBE_VERSION}",
             *set_flags(values or {}),
         ],
         capture_output=True,

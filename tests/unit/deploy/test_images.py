@@ -1,0 +1,69 @@
+"""The Dockerfiles pin their bases, run as non-root and install what their image is for."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.unit.deploy.chart import REPO
+
+DOCKERFILES = sorted((REPO / "docker").glob("*.Dockerfile"))
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    found = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            found.append((keyword.upper(), rest.strip()))
+    return found
+
+
+def test_there_is_an_operator_and_a_runtime_image() -> None:
+    assert [p.name for p in DOCKERFILES] == ["operator.Dockerfile", "runtime.Dockerfile"]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_base_images_are_pinned_to_exact_tags(dockerfile: Path) -> None:
+    args = dict(
+        rest.split("=", 1)
+        for keyword, rest in instructions(dockerfile)
+        if keyword == "ARG" and "=" in rest
+    )
+    for keyword, rest in instructions(dockerfile):
+        if keyword != "FROM":
+            continue
+        image = rest.split()[0]
+        image = args.get(image.strip("${}"), image) if image.startswith("$") else image
+        assert re.search(r":\d+\.\d+\.\d+[-\w.]*(@sha256:[0-9a-f]{64})?$", image), image
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_the_final_stage_runs_as_a_numeric_non_root_user(dockerfile: Path) -> None:
+    users = [rest for keyword, rest in instructions(dockerfile) if keyword == "USER"]
+    assert users, "no USER"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0
+
+
+def test_the_operator_image_installs_only_the_operator_extra() -> None:
+    runs = " ".join(
+        rest
+        for keyword, rest in instructions(REPO / "docker" / "operator.Dockerfile")
+        if keyword == "RUN"
+    )
+    assert "[operator]" in runs
+    assert "torch" not in runs
+
+
+def test_the_runtime_image_has_cpu_and_cuda_variants_with_inference_and_tuning() -> None:
+    steps = instructions(REPO / "docker" / "runtime.Dockerfile")
+    args = {rest.split("=", 1)[0] for keyword, rest in steps if keyword == "ARG"}
+    assert {"BASE", "TORCH_INDEX", "EXTRAS"} <= args
+    assert "ARG EXTRAS=inference,tuning" in "\n".join(f"{k} {r}" for k, r in steps)
+    assert "nvidia/cuda:" in (REPO / "docker" / "runtime.Dockerfile").read_text()

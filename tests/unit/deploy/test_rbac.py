@@ -1,0 +1,160 @@
+"""The operator's ClusterRole grants exactly the verbs and resources the code uses."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from collections.abc import Iterator
+from typing import Any
+
+import kaito.k8s.client
+import kaito.reconcile.planner
+from kaito.k8s import resources
+from kaito.manifests import inference, nodeclaim, tuning
+from kaito.operator.handlers import build_registry
+from kaito.operator.settings import Settings
+from tests.unit.deploy.chart import find, render
+
+Permission = tuple[str, str, str]  # (apiGroup, resource, verb)
+RESOURCE_CLASSES: dict[str, Any] = {
+    name: value for name, value in vars(resources).items() if hasattr(value, "_api_info")
+}
+# lightkube method -> RBAC verb, for calls on a resource class in kaito.k8s.client.
+CLIENT_VERBS = {
+    "get": "get",
+    "list": "list",
+    "list_json": "list",
+    "create": "create",
+    "patch": "patch",
+    "delete": "delete",
+}
+# What kopf itself does, beyond the handlers' watches (not visible in kaito's code).
+KOPF = {
+    # finalizer and its progress/diff-base annotations
+    ("kaito.sh", "workspaces", "patch"),
+    # it re-scans resources when CRDs come and go
+    ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+    # the managed ValidatingWebhookConfiguration (created once, then patched by name)
+    ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "create"),
+    ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "patch"),
+}
+
+
+def rbac_name(resource: Any) -> tuple[str, str]:
+    info = resource._api_info
+    plural = info.plural if info.action is None else f"{info.plural}/{info.action}"
+    return info.resource.group, plural
+
+
+def resource_argument(node: ast.expr) -> Any | None:
+    """The lightkube class a call's first argument names (`X`, `X.Status`, `cast(X, ...)`)."""
+    if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "cast" and node.args:
+        return resource_argument(node.args[0])
+    if isinstance(node, ast.Name):
+        return RESOURCE_CLASSES.get(node.id)
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        owner = RESOURCE_CLASSES.get(node.value.id)
+        return getattr(owner, node.attr, None) if owner is not None else None
+    return None
+
+
+def direct_calls() -> Iterator[Permission]:
+    """Calls with a fixed resource class in kaito.k8s.client (reads, status, events)."""
+    tree = ast.parse(inspect.getsource(kaito.k8s.client))
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args):
+            continue
+        verb = CLIENT_VERBS.get(node.func.attr)
+        resource = resource_argument(node.args[0])
+        if verb and resource is not None:
+            group, plural = rbac_name(resource)
+            yield group, plural, verb
+
+
+def applied_kinds() -> Iterator[Permission]:
+    """Kube.apply is server-side apply (patch; create when the object is new) of built objects."""
+    for module in (inference, nodeclaim, tuning):
+        source = inspect.getsource(module)
+        for (api_version, kind), resource in resources.RESOURCES.items():
+            if f'"kind": "{kind}"' in source and kind != "Workspace":
+                group, plural = rbac_name(resource)
+                yield group, plural, "patch"
+                yield group, plural, "create"
+                del api_version
+
+
+def deleted_kinds() -> Iterator[Permission]:
+    """Kube.delete of the planner's ObjectRefs."""
+    tree = ast.parse(inspect.getsource(kaito.reconcile.planner))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "ObjectRef":
+            kind = node.args[1]
+            assert isinstance(kind, ast.Constant), "ObjectRef kinds are literals"
+            matches = [r for (_, k), r in resources.RESOURCES.items() if k == kind.value]
+            group, plural = rbac_name(matches[0])
+            yield group, plural, "delete"
+
+
+def watched() -> Iterator[Permission]:
+    """kopf lists and watches every resource a handler is registered for."""
+    registry = build_registry(Settings(webhook_enabled=True))
+    for handler in [
+        *registry._watching.get_all_handlers(),
+        *registry._spawning.get_all_handlers(),
+        *registry._changing.get_all_handlers(),
+    ]:
+        selector = handler.selector
+        assert selector is not None
+        yield selector.group or "", str(selector.any_name), "list"
+        yield selector.group or "", str(selector.any_name), "watch"
+
+
+def used_by_the_code() -> set[Permission]:
+    return {*direct_calls(), *applied_kinds(), *deleted_kinds(), *watched(), *KOPF}
+
+
+def granted(values: dict[str, Any] | None = None) -> set[Permission]:
+    role = find(render(values), "ClusterRole")
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_the_scan_sees_the_calls_it_should() -> None:
+    used = used_by_the_code()
+    assert ("", "events", "create") in used
+    assert ("kaito.sh", "workspaces/status", "patch") in used
+    assert ("karpenter.sh", "nodeclaims", "delete") in used
+    assert ("batch", "jobs", "delete") in used
+    assert ("", "nodes", "get") in used
+    assert ("apps", "statefulsets", "create") in used
+
+
+def test_the_cluster_role_grants_exactly_what_the_code_uses() -> None:
+    used, grants = used_by_the_code(), granted()
+    assert sorted(grants - used) == [], "granted but never used"
+    assert sorted(used - grants) == [], "used but not granted"
+
+
+def test_webhook_configurations_are_patched_only_by_name() -> None:
+    role = find(render(), "ClusterRole")
+    patches = [
+        rule
+        for rule in role["rules"]
+        if "validatingwebhookconfigurations" in rule["resources"] and "patch" in rule["verbs"]
+    ]
+    assert [rule.get("resourceNames") for rule in patches] == [["validation.workspace.kaito.sh"]]
+
+
+def test_with_cert_manager_the_operator_cannot_touch_webhook_configurations() -> None:
+    grants = granted({"webhook.certManager.enabled": True})
+    assert not [g for g in grants if g[1] == "validatingwebhookconfigurations"]
+
+
+def test_the_operator_has_no_access_to_secrets() -> None:
+    assert not [g for g in granted() if g[1] == "secrets"]
