@@ -223,9 +223,10 @@ def push_data_image(
         ).encode()
         config_path = workdir / "config.json"
         config_path.write_bytes(config_bytes)
+        config_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
         config_desc = {
             "mediaType": MEDIA_CONFIG,
-            "digest": "sha256:" + hashlib.sha256(config_bytes).hexdigest(),
+            "digest": config_digest,
             "size": len(config_bytes),
         }
         layer_desc = {"mediaType": MEDIA_LAYER_GZIP, "digest": layer_digest, "size": layer_size}
@@ -240,19 +241,14 @@ def push_data_image(
         manifest_bytes = json.dumps(manifest, separators=(",", ":")).encode()
 
         def push_once() -> None:
-            client = _client(reference, docker_config, insecure)
-            container = client.get_container(f"{reference.repository}:{reference.target}")
-            for blob, desc in ((layer_path, layer_desc), (config_path, config_desc)):
-                _check(client.upload_blob(str(blob), container, desc), f"upload {desc['digest']}")
+            from kaito.runtime.oci.blobs import BlobClient
+
+            blobs = BlobClient(ref, docker_config=docker_config, insecure=insecure)
+            blobs.upload(layer_path, layer_digest, layer_size)
+            blobs.upload(config_path, config_digest, len(config_bytes))
             # PUT our exact bytes (oras re-serializes the dict), so the digest we report is
             # the digest the registry stores.
-            response = client.do_request(
-                f"{client.prefix}://{container.manifest_url()}",
-                "PUT",
-                data=manifest_bytes,
-                headers={"Content-Type": MEDIA_MANIFEST},
-            )
-            _check(response, f"upload manifest {reference}")
+            blobs.put_manifest(reference.target, manifest_bytes, MEDIA_MANIFEST)
 
         _retry(f"push {reference}", attempts, backoff_s, push_once, log)
     digest = "sha256:" + hashlib.sha256(manifest_bytes).hexdigest()
@@ -326,8 +322,9 @@ def pull_image_data(
         lambda: fetch_manifest(ref, docker_config=docker_config, insecure=insecure),
         lambda _m: None,
     )
-    client = _client(reference, docker_config, insecure)
-    container = client.get_container(f"{reference.repository}:{reference.target}")
+    from kaito.runtime.oci.blobs import BlobClient
+
+    blobs = BlobClient(ref, docker_config=docker_config, insecure=insecure)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-pull-", dir=dest.parent))
     try:
@@ -335,14 +332,14 @@ def pull_image_data(
         rootfs.mkdir()
         for layer in manifest.get("layers", []):
             blob = staging / "blob"
-            response = client.get_blob(container, layer["digest"], stream=True)
-            if response.status_code != 200:
-                raise RegistryError(f"blob {layer['digest']}: HTTP {response.status_code}")
             hasher = hashlib.sha256()
             with blob.open("wb") as fh:
-                for chunk in response.iter_content(1 << 20):
+
+                def sink(chunk: bytes, fh: Any = fh, hasher: Any = hasher) -> None:
                     hasher.update(chunk)
                     fh.write(chunk)
+
+                blobs.download(layer["digest"], sink)
             if "sha256:" + hasher.hexdigest() != layer["digest"]:
                 raise RegistryError(f"blob {layer['digest']}: digest mismatch")
             media = layer.get("mediaType", MEDIA_LAYER_GZIP)
