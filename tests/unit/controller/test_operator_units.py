@@ -128,3 +128,25 @@ def test_a_requested_failure_reports_launched_false_with_the_reason() -> None:
         "InsufficientCapacity",
         "no V100 quota",
     )
+
+
+def test_kaito_operator_settings_lists_every_variable() -> None:
+    from typer.testing import CliRunner
+
+    from kaito.cli.main import app
+
+    result = CliRunner().invoke(app, ["operator", "settings"])
+    assert result.exit_code == 0
+    for variable, _, _ in Settings.describe():
+        assert variable in result.output
+
+
+def test_kaito_operator_run_refuses_bad_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from kaito.cli.main import app
+
+    monkeypatch.setenv("KAITO_NODE_PROVISIONER", "magic")
+    result = CliRunner().invoke(app, ["operator", "run"])
+    assert result.exit_code == 2
+    assert "KAITO_NODE_PROVISIONER" in result.output
