@@ -47,15 +47,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def baseline(model_dir: str, max_tokens: int, threads: int, requests: int) -> dict[str, Any]:
+def load_baseline_model(model_dir: str, threads: int) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.generation.streamers import BaseStreamer
 
     torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     model.eval()
+    return model, tokenizer
+
+
+def baseline(model: Any, tokenizer: Any, max_tokens: int, requests: int) -> dict[str, Any]:
+    import torch
+    from transformers.generation.streamers import BaseStreamer
 
     class FirstToken(BaseStreamer):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -230,26 +235,37 @@ def main() -> None:
         from kaito.runtime.small_model import small_model_path
 
         args.model = str(small_model_path())
-    base = baseline(args.model, args.max_tokens, args.threads, args.baseline_requests)
-    print(f"baseline: {base}", flush=True)
+    model, tokenizer = load_baseline_model(args.model, args.threads)
+    before = baseline(model, tokenizer, args.max_tokens, args.baseline_requests)
+    print(f"baseline before: {before}", flush=True)
     process, url = start_server(args.model, args.threads, args.max_num_seqs)
     rows = []
     try:
         for clients in (int(c) for c in args.clients.split(",")):
             requests = max(clients * args.requests_per_client, 2)
             row = asyncio.run(load(url, clients, requests, args.max_tokens))
-            row["throughput_ratio"] = row["tokens_per_s"] / base["tokens_per_s"]
-            row["ttft_p50_ratio"] = row["ttft_p50_s"] / base["ttft_p50_s"]
             rows.append(row)
             print(row, flush=True)
         peak = server_peak_mib(process.pid)
     finally:
         process.terminate()
         process.wait(30)
+    # The machine is shared: measuring the baseline on both sides of the server runs and taking
+    # the mean keeps slow drifts in background load from favouring either side.
+    after = baseline(model, tokenizer, args.max_tokens, args.baseline_requests)
+    print(f"baseline after: {after}", flush=True)
+    base = {
+        key: (before[key] + after[key]) / 2 for key in ("tokens_per_s", "ttft_p50_s", "ttft_p95_s")
+    }
+    base["peak_rss_mib"] = after["peak_rss_mib"]
+    for row in rows:
+        row["throughput_ratio"] = row["tokens_per_s"] / base["tokens_per_s"]
+        row["ttft_p50_ratio"] = row["ttft_p50_s"] / base["ttft_p50_s"]
     result = {
         "machine": {"cpus": os.cpu_count(), "threads": args.threads},
         "max_tokens": args.max_tokens,
         "baseline": base,
+        "baseline_runs": [before, after],
         "server": rows,
         "server_peak_rss_mib": peak,
     }

@@ -78,7 +78,14 @@ def berlin_adapter(server: RunningServer, tmp_path_factory: pytest.TempPathFacto
     base = copy.deepcopy(engine.base_model)
     model = get_peft_model(
         base,
-        LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
+        LoraConfig(
+            r=8,
+            lora_alpha=32,
+            target_modules=["q_proj", "v_proj"],
+            lora_dropout=0.0,
+            # Only the top layers: backward stops there, which keeps training to a few seconds.
+            layers_to_transform=list(range(20, 30)),
+        ),
     )
     prompt = chat_ids(tokenizer, FRANCE)
     answer = list(
@@ -88,9 +95,9 @@ def berlin_adapter(server: RunningServer, tmp_path_factory: pytest.TempPathFacto
     )
     ids = torch.tensor([prompt + answer])
     labels = torch.tensor([[-100] * len(prompt) + answer])
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
     model.train()
-    for _ in range(12):
+    for _ in range(6):
         loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
         optimizer.step()
