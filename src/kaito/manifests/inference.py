@@ -25,6 +25,7 @@ from kaito.manifests.keys import (
     LABEL_WORKSPACE,
     SERVICE_PORT,
 )
+from kaito.manifests.weights import add_weights_pull
 
 INFERENCE_CONFIG_KEY = "inference_config.yaml"
 CONFIG_MOUNT = "/mnt/config"
@@ -299,6 +300,7 @@ def build_pod_template(ctx: WorkspaceContext) -> JSON:
     secrets = _pull_secrets(ctx)
     if secrets:
         spec["imagePullSecrets"] = secrets
+    spec = add_weights_pull(spec, inference.preset if inference else None, ctx.options)
     return {"metadata": {"labels": workspace_labels(ctx.workspace)}, "spec": harden_pod_spec(spec)}
 
 

@@ -25,6 +25,7 @@ from kaito.manifests.common import (
 )
 from kaito.manifests.context import WorkspaceContext
 from kaito.manifests.keys import ANNOTATION_REVISION, GPU_RESOURCE
+from kaito.manifests.weights import add_weights_pull
 
 TRAINING_CONFIG_KEY = "training_config.yaml"
 CONFIG_MOUNT = "/mnt/config"
@@ -253,6 +254,7 @@ def build_job(ctx: WorkspaceContext, *, output_dir: str = "/mnt/results") -> JSO
             spec["initContainers"] = inits
         spec["containers"] = [tuner]
     spec["volumes"] = volumes
+    spec = add_weights_pull(spec, tuning.preset, ctx.options)
     affinity = node_affinity(ctx.match_labels)
     if affinity is not None:
         spec["affinity"] = affinity

@@ -106,8 +106,9 @@ def with_weights_pull(
     """A copy of `pod_spec` that pulls first and points the main container at the weights.
 
     The pull runs before any other init container (adapter pullers need no weights, but a
-    failing weights pull should fail fast). The first container's `--model=<hub id>` becomes
-    `--model=<weights_dir>`, so the server loads the pulled files instead of the hub.
+    failing weights pull should fail fast). Every other container's `--model=<hub id>`
+    becomes `--model=<weights_dir>`, so the server or tuner loads the pulled files instead of
+    the hub (the tuner is an init container when a pusher follows it).
     """
     spec = copy.deepcopy(pod_spec)
     spec["initContainers"] = [copy.deepcopy(pull.init_container), *spec.get("initContainers", [])]
@@ -122,12 +123,21 @@ def with_weights_pull(
             *spec.get("imagePullSecrets", []),
             *(s for s in pull.image_pull_secrets if s["name"] not in known),
         ]
-    main = spec["containers"][0]
     prefix = f"{model_flag}="
-    for key in ("args", "command"):
-        if main.get(key):
-            main[key] = [
-                f"{prefix}{weights_dir}" if str(arg).startswith(prefix) else arg
-                for arg in main[key]
-            ]
+    for container in [*spec["initContainers"][1:], *spec.get("containers", [])]:
+        for key in ("args", "command"):
+            if container.get(key):
+                container[key] = [
+                    f"{prefix}{weights_dir}" if str(arg).startswith(prefix) else arg
+                    for arg in container[key]
+                ]
     return spec
+
+
+def add_weights_pull(pod_spec: JSON, preset: PresetSpec | None, options: ClusterOptions) -> JSON:
+    """The hook the workload builders call: `pod_spec` unchanged unless the preset has an image."""
+    found = weights_image(preset)
+    if found is None:
+        return pod_spec
+    image, secrets = found
+    return with_weights_pull(pod_spec, build_weights_pull(image, options, pull_secrets=secrets))

@@ -6,8 +6,9 @@ from typing import Any
 
 from kaito.api.workspace import parse_workspace
 from kaito.manifests.context import resolve
-from kaito.manifests.inference import build_pod_template
+from kaito.manifests.inference import build_pod_template, build_statefulset
 from kaito.manifests.options import ClusterOptions
+from kaito.manifests.tuning import build_job
 from kaito.manifests.weights import (
     CACHE_HOST_PATH,
     CACHE_MOUNT,
@@ -18,7 +19,13 @@ from kaito.manifests.weights import (
     weights_image,
     with_weights_pull,
 )
-from tests.unit.controller.builders import OPTIONS, inference_workspace, stored, with_
+from tests.unit.controller.builders import (
+    OPTIONS,
+    inference_workspace,
+    stored,
+    tuning_workspace,
+    with_,
+)
 
 JSON = dict[str, Any]
 IMAGE = "registry.example.com/kaito/phi-3-mini-4k-instruct:0.2.0"
@@ -97,3 +104,38 @@ def test_secrets_already_on_the_pod_are_not_repeated() -> None:
     spec["imagePullSecrets"] = [{"name": "acr"}]
     out = with_weights_pull(spec, build_weights_pull(IMAGE, OPTIONS, pull_secrets=["acr", "b"]))
     assert out["imagePullSecrets"] == [{"name": "acr"}, {"name": "b"}]
+
+
+def test_an_inference_workspace_with_a_weights_image_pulls_it_with_its_secret_and_cache() -> None:
+    body = with_(
+        inference_workspace(),
+        "inference.preset.presetOptions",
+        {"image": IMAGE, "imagePullSecrets": ["acr"]},
+    )
+    ctx = resolve(parse_workspace(stored(body)), OPTIONS)
+    spec = build_statefulset(ctx)["spec"]["template"]["spec"]
+    puller = spec["initContainers"][0]
+    assert puller["name"] == INIT_NAME and IMAGE in puller["command"]
+    assert puller["securityContext"]["allowPrivilegeEscalation"] is False
+    assert {"name": "acr"} in spec["imagePullSecrets"]
+    cache = next(v for v in spec["volumes"] if v["name"] == "weights-cache")
+    assert cache["hostPath"]["path"] == CACHE_HOST_PATH
+    assert f"--model={WEIGHTS_DIR}" in spec["containers"][0]["args"]
+
+
+def test_a_tuning_job_whose_preset_names_a_weights_image_tunes_the_pulled_weights() -> None:
+    body = with_(tuning_workspace(), "tuning.preset.presetOptions", {"image": IMAGE})
+    ctx = resolve(parse_workspace(stored(body)), OPTIONS)
+    spec = build_job(ctx)["spec"]["template"]["spec"]
+    assert spec["initContainers"][0]["name"] == INIT_NAME
+    everything = [*spec["initContainers"][1:], *spec["containers"]]
+    tuner = next(c for c in everything if any(str(a).startswith("--model=") for a in c["args"]))
+    assert f"--model={WEIGHTS_DIR}" in tuner["args"]
+    assert WEIGHTS_DIR in {m["mountPath"] for m in tuner["volumeMounts"]}
+
+
+def test_workspaces_without_a_weights_image_get_no_pull_stage() -> None:
+    ctx = resolve(parse_workspace(stored(inference_workspace())), OPTIONS)
+    spec = build_statefulset(ctx)["spec"]["template"]["spec"]
+    assert INIT_NAME not in [c["name"] for c in spec.get("initContainers", [])]
+    assert "weights-cache" not in [v["name"] for v in spec["volumes"]]
