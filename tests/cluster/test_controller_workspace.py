@@ -231,6 +231,13 @@ def test_the_legacy_tuning_workspace_trains_on_a_simulated_v100(
     assert workspace["status"]["state"] == "Succeeded"
     assert workspace["status"]["workerNodes"] == [claim["metadata"]["name"]]
     assert workspace["metadata"]["annotations"]["workspace.kaito.io/revision"] == "1"
+    assert job["metadata"]["annotations"]["workspace.kaito.io/revision"] == "1"
+    revisions = listed(
+        api,
+        f"/apis/apps/v1/namespaces/{namespace}/controllerrevisions",
+        f"workspace.kaito.io/name={name}",
+    )
+    assert [r["revision"] for r in revisions] == [1]
 
     table = kubectl("get", "workspace", name).stdout.splitlines()
     row = printed_row(table[0], table[1])

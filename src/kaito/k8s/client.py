@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 from lightkube import ApiError, AsyncClient, KubeConfig
-from lightkube.resources.apps_v1 import StatefulSet
+from lightkube.resources.apps_v1 import ControllerRevision, StatefulSet
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import ConfigMap, Event, Node, Pod, Service
 from lightkube.types import CascadeType, PatchType
@@ -18,6 +18,7 @@ from kaito.api.workspace import Workspace as WorkspaceModel
 from kaito.k8s.resources import NodeClaim, Workspace, resource_for
 from kaito.manifests.keys import FIELD_MANAGER, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE
 from kaito.manifests.options import ClusterOptions
+from kaito.manifests.revision import LABEL_REVISION_OWNER
 from kaito.reconcile.observed import Observed, wanted_config_maps
 from kaito.reconcile.planner import Event as PlannedEvent
 from kaito.reconcile.planner import ObjectRef
@@ -125,15 +126,18 @@ class Kube:
             nodes(),
             self.list_json(Service, namespace=ns, labels=own),
             self.list_json(Pod, namespace=ns, labels=own),
+            self.list_json(ControllerRevision, namespace=ns, labels={LABEL_REVISION_OWNER: name}),
         )
         singles = asyncio.gather(
             self.get(StatefulSet, name, ns) if workspace.inference is not None else none(),
             self.get(Job, name, ns) if workspace.tuning is not None else none(),
         )
         maps = asyncio.gather(*(self.config_map_data(cm_ns, cm_name) for cm_ns, cm_name in wanted))
-        (found_claims, found_nodes, services, pods), (sts, job), datas = await asyncio.gather(
-            lists, singles, maps
-        )
+        (
+            (found_claims, found_nodes, services, pods, revisions),
+            (sts, job),
+            datas,
+        ) = await asyncio.gather(lists, singles, maps)
         config_maps = {
             key: data for key, data in zip(wanted, datas, strict=True) if data is not None
         }
@@ -146,6 +150,7 @@ class Kube:
             pods=tuple(pods),
             config_maps=config_maps,
             config_maps_seen=frozenset(wanted),
+            revisions=tuple(revisions),
         )
 
     # --- writes --------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lightkube.generic_resource import create_global_resource, create_namespaced_resource
-from lightkube.resources.apps_v1 import StatefulSet
+from lightkube.resources.apps_v1 import ControllerRevision, StatefulSet
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import ConfigMap, Event, Node, Pod, Secret, Service
 
@@ -20,6 +20,7 @@ RESOURCES: dict[tuple[str, str], Any] = {
     ("v1", "Secret"): Secret,
     ("v1", "Event"): Event,
     ("apps/v1", "StatefulSet"): StatefulSet,
+    ("apps/v1", "ControllerRevision"): ControllerRevision,
     ("batch/v1", "Job"): Job,
     ("karpenter.sh/v1", "NodeClaim"): NodeClaim,
     ("kaito.sh/v1beta1", "Workspace"): Workspace,

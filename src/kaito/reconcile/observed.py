@@ -24,6 +24,7 @@ class Observed:
     - pods: pods labelled `kaito.sh/workspace=<ws>`.
     - config_maps: (namespace, name) -> data for each ConfigMap in `wanted_config_maps`
       that exists.
+    - revisions: ControllerRevisions labelled `workspace.kaito.io/name=<ws>`.
     - config_maps_seen: which ConfigMaps this observation tried to read (a missing key in
       config_maps then means "does not exist", not "not looked at").
     """
@@ -36,6 +37,7 @@ class Observed:
     pods: tuple[JSON, ...] = ()
     config_maps: Mapping[tuple[str, str], Mapping[str, str]] = field(default_factory=dict)
     config_maps_seen: frozenset[tuple[str, str]] = frozenset()
+    revisions: tuple[JSON, ...] = ()
 
     def config_map(self, namespace: str, name: str) -> Mapping[str, str] | None:
         return self.config_maps.get((namespace, name))

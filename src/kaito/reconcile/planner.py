@@ -25,6 +25,7 @@ from kaito.manifests.keys import (
 )
 from kaito.manifests.nodeclaim import NODECLAIM_API_VERSION, build_nodeclaim
 from kaito.manifests.options import ClusterOptions
+from kaito.manifests.revision import MAX_REVISIONS, build_controller_revision
 from kaito.manifests.tuning import (
     TRAINING_CONFIG_KEY,
     build_job,
@@ -97,14 +98,56 @@ def _annotations(body: Mapping[str, Any]) -> Mapping[str, str]:
     return (body.get("metadata") or {}).get("annotations") or {}
 
 
-def _revision(body: Mapping[str, Any], digest: str) -> tuple[str, dict[str, str]]:
-    """The spec revision, and the workspace annotations to write when the spec changed."""
+def _revision_number(obj: Mapping[str, Any]) -> int:
+    value = obj.get("revision")
+    return int(value) if isinstance(value, int) else 0
+
+
+@dataclass(frozen=True)
+class _Revision:
+    number: str
+    annotations: dict[str, str]
+    apply: tuple[JSON, ...]
+    delete: tuple[ObjectRef, ...]
+
+
+def _revision(
+    body: Mapping[str, Any], ws: Workspace, digest: str, observed: Sequence[JSON]
+) -> _Revision:
+    """The spec's revision number (a known spec keeps its number), the ControllerRevision to
+    create for a new spec, the oldest ones beyond MAX_REVISIONS to delete, and the workspace
+    annotations to write when they changed (upstream §7 step 4)."""
     annotations = _annotations(body)
     current = annotations.get(ANNOTATION_REVISION, "")
-    if annotations.get(ANNOTATION_HASH) == digest and current.isdigit():
-        return current, {}
-    revision = str(int(current) + 1) if current.isdigit() else "1"
-    return revision, {ANNOTATION_HASH: digest, ANNOTATION_REVISION: revision}
+    live = [r for r in observed if not deleting(r)]
+    match = next(
+        (
+            r
+            for r in live
+            if ((r.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_HASH) == digest
+        ),
+        None,
+    )
+    apply: list[JSON] = []
+    if match is not None:
+        number = _revision_number(match)
+    elif live:
+        number = max(_revision_number(r) for r in live) + 1
+    elif annotations.get(ANNOTATION_HASH) == digest and current.isdigit():
+        number = int(current)
+    else:
+        number = int(current) + 1 if current.isdigit() else 1
+    if match is None:
+        apply.append(build_controller_revision(ws, digest, number))
+    kept = sorted(live, key=_revision_number)
+    excess = len(kept) + len(apply) - MAX_REVISIONS
+    delete = tuple(
+        ObjectRef("apps/v1", "ControllerRevision", name_of(r), ws.namespace)
+        for r in [r for r in kept if r is not match][: max(0, excess)]
+    )
+    wanted = {ANNOTATION_HASH: digest, ANNOTATION_REVISION: str(number)}
+    changed = {k: v for k, v in wanted.items() if annotations.get(k) != v}
+    return _Revision(str(number), wanted if changed else {}, tuple(apply), delete)
 
 
 def _finish_status(
@@ -270,7 +313,8 @@ def _plan(
     body: Mapping[str, Any], observed: Observed, options: ClusterOptions, *, now: str
 ) -> Plan:
     ws = _parse(body)
-    revision, annotations = _revision(body, spec_hash(ws))
+    rev = _revision(body, ws, spec_hash(ws), observed.revisions)
+    revision, annotations = rev.number, rev.annotations
     old = _old_status(body)
     frozen_target = int(old.get("targetNodeCount") or 0)
     user_config = (
@@ -290,7 +334,7 @@ def _plan(
     if not use_claims and pic.gpus_per_node:
         ctx = dataclasses.replace(ctx, gpus_per_node=pic.gpus_per_node)
     new_claims = [build_nodeclaim(ctx, index) for index in pic.to_create]
-    apply: list[JSON] = list(new_claims)
+    apply: list[JSON] = [*rev.apply, *new_claims]
     conds = _node_conditions(ctx, pic, use_claims)
     events = _claim_events(new_claims, body, conds) if use_claims else []
     resource_ready = all(x.status == "True" for x in conds if x.type == c.RESOURCE_READY)
@@ -320,7 +364,7 @@ def _plan(
     )
     return Plan(
         apply=tuple(apply),
-        delete=work.delete,
+        delete=(*rev.delete, *work.delete),
         status=status,
         annotations=annotations,
         events=tuple(events),

@@ -117,6 +117,10 @@ async def test_observe_reads_the_workspaces_children_and_config_maps() -> None:
             ("GET", "/api/v1/nodes"): empty_list("Node"),
             ("GET", f"/api/v1/namespaces/{ns}/services"): empty_list("Service"),
             ("GET", f"/api/v1/namespaces/{ns}/pods"): empty_list("Pod"),
+            (
+                "GET",
+                f"/apis/apps/v1/namespaces/{ns}/controllerrevisions",
+            ): empty_list("ControllerRevision"),
             ("GET", f"/apis/batch/v1/namespaces/{ns}/jobs/workspace-tuning-phi-3"): not_found(),
             ("GET", f"/api/v1/namespaces/{ns}/configmaps/qlora-params-template"): not_found(),
             (

@@ -41,7 +41,11 @@ def cluster_with_ready_nodes(body: JSON) -> tuple[JSON, Observed]:
     """Plan once, then pretend the provisioner made every planned claim ready."""
     first = plan(body, Observed(), OPTIONS, now=NOW)
     claims = [ready_claim(c) for c in applied(first, "NodeClaim")]
-    observed = Observed(nodeclaims=tuple(claims), nodes=tuple(node_for(c) for c in claims))
+    observed = Observed(
+        nodeclaims=tuple(claims),
+        nodes=tuple(node_for(c) for c in claims),
+        revisions=tuple(applied(first, "ControllerRevision")),
+    )
     return after(body, first), observed
 
 
@@ -62,6 +66,7 @@ def workload_observed(body: JSON, observed: Observed) -> tuple[JSON, Observed, A
         services=services,
         config_maps={**observed.config_maps, **config_maps},
         job=job,
+        revisions=(*observed.revisions, *applied(result, "ControllerRevision")),
     )
     return current, seen, result
 
@@ -239,7 +244,7 @@ def test_existing_nodes_mode_sizes_gpu_requests_from_the_nodes() -> None:
 def test_existing_nodes_mode_waits_without_matching_nodes() -> None:
     other = gpu_node("g", labels={"app": "someone-else"})
     result = plan(stored(inference_workspace()), Observed(nodes=(other,)), BYO, now=NOW)
-    assert not result.apply
+    assert [o["kind"] for o in result.apply] == ["ControllerRevision"]
     assert condition(result.status, "NodesReady")["status"] == "False"
 
 
@@ -394,7 +399,7 @@ def test_ready_nodes_bring_the_statefulset_services_and_config_map() -> None:
 
 def test_inference_waits_for_resources_before_creating_the_workload() -> None:
     result = plan(multi_gpu_inference(), Observed(), OPTIONS, now=NOW)
-    assert {o["kind"] for o in result.apply} == {"NodeClaim"}
+    assert {o["kind"] for o in result.apply} == {"ControllerRevision", "NodeClaim"}
 
 
 def serving(body: JSON) -> tuple[JSON, Observed]:
@@ -517,6 +522,49 @@ def test_user_config_max_model_len_feeds_the_estimator() -> None:
     result = plan(body, Observed(config_maps={("default", "long"): config}), OPTIONS, now=NOW)
     default = plan(short, Observed(), OPTIONS, now=NOW)
     assert len(applied(result, "NodeClaim")) > len(applied(default, "NodeClaim"))
+
+
+# --- revisions ----------------------------------------------------------------------------
+
+
+def test_a_new_spec_gets_controller_revision_1_with_its_hash() -> None:
+    result = plan(legacy_tuning(), Observed(), OPTIONS, now=NOW)
+    revision = one(result, "ControllerRevision")
+    digest = result.annotations["workspace.kaito.io/hash"]
+    assert revision["metadata"]["name"] == f"workspace-tuning-phi-3-{digest[:5]}"
+    assert revision["revision"] == 1
+    assert revision["metadata"]["labels"] == {"workspace.kaito.io/name": "workspace-tuning-phi-3"}
+    assert revision["metadata"]["annotations"] == {"workspace.kaito.io/hash": digest}
+    assert revision["data"]["tuning"]["method"] == "qlora"
+    assert result.annotations["workspace.kaito.io/revision"] == "1"
+
+
+def revised(body: JSON, observed: Observed, path: str, value: Any) -> tuple[JSON, Observed, Any]:
+    changed = with_(body, path, value)
+    result = plan(changed, observed, OPTIONS, now=LATER)
+    seen = dataclass_replace(
+        observed, revisions=(*observed.revisions, *applied(result, "ControllerRevision"))
+    )
+    return after(changed, result), seen, result
+
+
+def test_a_reverted_spec_reuses_its_revision_number() -> None:
+    body, observed = cluster_with_ready_nodes(stored(inference_workspace()))
+    body, observed, second = revised(body, observed, "resource.count", 2)
+    assert second.annotations["workspace.kaito.io/revision"] == "2"
+    body, observed, back = revised(body, observed, "resource.count", 1)
+    assert back.annotations["workspace.kaito.io/revision"] == "1"
+    assert not applied(back, "ControllerRevision")
+
+
+def test_only_the_ten_newest_revisions_are_kept() -> None:
+    body, observed = cluster_with_ready_nodes(stored(inference_workspace()))
+    for count in range(2, 12):
+        body, observed, result = revised(body, observed, "resource.count", count)
+    assert result.annotations["workspace.kaito.io/revision"] == "11"
+    deleted = [d for d in result.delete if d.kind == "ControllerRevision"]
+    oldest = min(observed.revisions, key=lambda r: r["revision"])
+    assert [d.name for d in deleted] == [oldest["metadata"]["name"]]
 
 
 # --- errors, deletion, status bookkeeping ----------------------------------------------
