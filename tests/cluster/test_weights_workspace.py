@@ -1,0 +1,60 @@
+"""A Workspace whose preset names a weights image gets the pull stage on a real control plane."""
+
+from __future__ import annotations
+
+import pytest
+
+from kaito.devcluster import ApiClient, ApiError
+from tests.cluster.test_controller_workspace import (
+    Proc,
+    StartOperator,
+    crds,
+    create_workspace,
+    inference_body,
+    simulator,
+    start_operator,
+)
+
+__all__ = ["crds", "simulator", "start_operator"]
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+IMAGE = "registry.internal.example/kaito/phi-3-mini-4k-instruct:0.2.0"
+
+
+def test_an_inference_workspace_with_a_weights_image_pulls_it_with_its_secret_into_the_cache(
+    api: ApiClient, namespace: str, simulator: Proc, start_operator: StartOperator
+) -> None:
+    operator = start_operator()
+    body = inference_body("mirrored", "phi-3-mini-4k-instruct", "Standard_NC24ads_A100_v4")
+    body["inference"]["preset"]["presetOptions"] = {
+        "image": IMAGE,
+        "imagePullSecrets": ["internal-registry"],
+    }
+    create_workspace(api, namespace, body)
+
+    def statefulset() -> dict[str, object] | None:
+        try:
+            found: dict[str, object] = api.get(
+                f"/apis/apps/v1/namespaces/{namespace}/statefulsets/mirrored"
+            )
+            return found
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    try:
+        sts = api.wait_for(statefulset, timeout_s=120, interval_s=0.5, what="the StatefulSet")
+    except TimeoutError:
+        raise AssertionError(operator.tail()) from None
+    spec = sts["spec"]["template"]["spec"]  # type: ignore[index]
+    puller = spec["initContainers"][0]
+    assert puller["name"] == "weights-puller"
+    assert puller["command"][3:6] == ["models", "pull", IMAGE]
+    assert {"name": "internal-registry"} in spec["imagePullSecrets"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["weights-cache"]["hostPath"]["path"] == "/var/lib/kaito/weights-cache"
+    projected = volumes["docker-config-weights"]["projected"]["sources"]
+    assert projected[0]["secret"]["name"] == "internal-registry"
+    assert "--model=/workspace/weights" in spec["containers"][0]["args"]
