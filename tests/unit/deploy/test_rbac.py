@@ -114,8 +114,13 @@ def watched() -> Iterator[Permission]:
         yield selector.group or "", str(selector.any_name), "watch"
 
 
-def used_by_the_code() -> set[Permission]:
-    return {*direct_calls(), *applied_kinds(), *deleted_kinds(), *watched(), *KOPF}
+# kopf lists the namespaces to serve when it is not cluster-wide (KAITO_WATCH_NAMESPACE set).
+KOPF_NAMESPACED = {("", "namespaces", "list"), ("", "namespaces", "watch")}
+
+
+def used_by_the_code(*, namespaced: bool = False) -> set[Permission]:
+    used = {*direct_calls(), *applied_kinds(), *deleted_kinds(), *watched(), *KOPF}
+    return used | KOPF_NAMESPACED if namespaced else used
 
 
 def granted(values: dict[str, Any] | None = None) -> set[Permission]:
@@ -143,6 +148,11 @@ def test_the_cluster_role_grants_exactly_what_the_code_uses() -> None:
     used, grants = used_by_the_code(), granted()
     assert sorted(grants - used) == [], "granted but never used"
     assert sorted(used - grants) == [], "used but not granted"
+
+
+def test_watching_one_namespace_adds_only_the_namespace_list_kopf_needs() -> None:
+    used, grants = used_by_the_code(namespaced=True), granted({"watchNamespace": "team-a"})
+    assert sorted(grants ^ used) == []
 
 
 def test_webhook_configurations_are_patched_only_by_name() -> None:
