@@ -148,3 +148,24 @@ def test_an_interrupted_download_resumes_with_a_range_request(hub: Hub, tmp_path
     assert (tmp_path / "model.safetensors").read_bytes() == data
     assert done.downloaded_bytes == len(data) - 300_000
     assert ("/" + REPO + f"/resolve/{COMMIT}/model.safetensors", "bytes=300000-") in hub.requests
+
+
+def test_kaito_models_download_fetches_a_pinned_revision_with_the_env_token(
+    hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from kaito.cli.main import app
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    result = CliRunner().invoke(
+        app, ["models", "download", REPO, str(tmp_path), "--endpoint", hub.endpoint]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["revision"] == COMMIT
+    assert (tmp_path / "model.safetensors").read_bytes() == hub.files["model.safetensors"]
+    monkeypatch.delenv("HF_TOKEN")
+    refused = CliRunner().invoke(
+        app, ["models", "download", REPO, str(tmp_path / "x"), "--endpoint", hub.endpoint]
+    )
+    assert refused.exit_code == 1
