@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -390,7 +390,6 @@ class WeightsPullResult:
     fetched_blobs: int = 0
     refetched_blobs: int = 0  # blobs that failed their digest (cached or served) and came again
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def weight_layers(manifest: Mapping[str, Any]) -> list[tuple[str, str, int]]:
