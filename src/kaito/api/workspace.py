@@ -318,6 +318,9 @@ class TuningProgress(_Model):
     resumed_from_step: int | None = Field(
         default=None, ge=0, description="Checkpoint step this run resumed from."
     )
+    restarts: int | None = Field(
+        default=None, ge=0, description="Tuning pods that failed and were replaced."
+    )
     message: Annotated[str, StringConstraints(max_length=1024)] | None = Field(
         default=None, description="Short human-readable note."
     )

@@ -22,6 +22,8 @@ ANNOTATION_REVISION = "workspace.kaito.io/revision"
 ANNOTATION_APPLIED = "kaito.sh/applied-hash"
 ANNOTATION_DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"
 ANNOTATION_NODE_IMAGE_FAMILY = "kaito.sh/node-image-family"
+# On the tuning pod: its progress.json, written by the pod itself (docs/operator.md).
+ANNOTATION_TUNING_PROGRESS = "kaito.sh/tuning-progress"
 
 FINALIZER = "workspace.finalizer.kaito.sh"
 FIELD_MANAGER = "kaito-workspace-controller"

@@ -37,6 +37,7 @@ from kaito.reconcile import conditions as c
 from kaito.reconcile.conditions import Cond
 from kaito.reconcile.nodes import NodePicture, deleting, name_of, picture
 from kaito.reconcile.observed import Observed
+from kaito.reconcile.progress import tuning_status
 
 JSON = dict[str, Any]
 
@@ -345,7 +346,7 @@ def _plan(
     else:
         requeue = None
     if ws.tuning is not None:
-        work = _plan_tuning(ctx, observed, resource_ready)
+        work = _plan_tuning(ctx, observed, resource_ready, old.get("tuning"))
     else:
         work = _plan_inference(ctx, observed, resource_ready, old.get("state"))
     apply += work.apply
@@ -361,6 +362,7 @@ def _plan(
         workerNodes=list(pic.ready_nodes),
         targetNodeCount=ctx.target_node_count,
         state=work.state,
+        **({"tuning": work.tuning} if ws.tuning is not None else {}),
     )
     return Plan(
         apply=tuple(apply),
@@ -380,6 +382,7 @@ class _Work:
     events: tuple[Event, ...] = ()
     requeue: float | None = None
     state: str | None = None
+    tuning: JSON | None = None
 
 
 def _plan_inference(
@@ -474,7 +477,12 @@ def _job_condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | No
     return found if found is not None and found.get("status") == "True" else None
 
 
-def _plan_tuning(ctx: WorkspaceContext, observed: Observed, resource_ready: bool) -> _Work:
+def _plan_tuning(
+    ctx: WorkspaceContext,
+    observed: Observed,
+    resource_ready: bool,
+    old_progress: Mapping[str, Any] | None,
+) -> _Work:
     tuning = ctx.workspace.tuning
     assert tuning is not None
     text, config_map = _tuning_config(ctx, observed)
@@ -510,7 +518,10 @@ def _plan_tuning(ctx: WorkspaceContext, observed: Observed, resource_ready: bool
             )
         )
     current = job if job is not None and not stale else None
-    return _tuning_status(current, observed.pods, apply, delete, events)
+    work = _tuning_status(current, observed.pods, apply, delete, events)
+    restarts = int(((current or {}).get("status") or {}).get("failed") or 0)
+    progress = tuning_status(old_progress, observed.pods, restarts)
+    return dataclasses.replace(work, tuning=progress)
 
 
 def _tuning_status(

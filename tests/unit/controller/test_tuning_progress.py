@@ -1,0 +1,130 @@
+"""Tuning progress in the Workspace status: parsed from the pod's report, kept after the end."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kaito.manifests.keys import ANNOTATION_TUNING_PROGRESS
+from kaito.reconcile.planner import plan
+from kaito.reconcile.progress import parse_progress, tuning_status
+from tests.unit.controller.builders import (
+    LATER,
+    OPTIONS,
+    converge,
+    legacy_tuning,
+    pod,
+    with_status,
+)
+from tests.unit.controller.test_planner import (
+    cluster_with_ready_nodes,
+    dataclass_replace,
+    workload_observed,
+)
+
+JSON = dict[str, Any]
+NAME = "workspace-tuning-phi-3"
+
+
+def report(step: int, total: int = 40, **extra: Any) -> str:
+    document = {
+        "phase": "training",
+        "step": step,
+        "total_steps": total,
+        "epoch": step / total,
+        "loss": 2.5 - step / 100,
+        "eval_loss": None,
+        "tokens_per_second": 812.5,
+        "eta_seconds": float(total - step),
+        "resumed_from_step": None,
+        "message": "",
+        "started_at": "2026-11-28T12:00:00Z",
+        "updated_at": f"2026-11-28T12:{step:02d}:00Z",
+        **extra,
+    }
+    return json.dumps(document)
+
+
+def reporting_pod(name: str, text: str) -> JSON:
+    out = pod(name, NAME)
+    out["metadata"]["annotations"] = {ANNOTATION_TUNING_PROGRESS: text}
+    return out
+
+
+def test_a_progress_document_becomes_the_status_fields_with_a_percent() -> None:
+    status = parse_progress(report(10))
+    assert status == {
+        "phase": "training",
+        "step": 10,
+        "totalSteps": 40,
+        "progressPercent": 25,
+        "epoch": 0.25,
+        "loss": 2.4,
+        "tokensPerSecond": 812.5,
+        "etaSeconds": 30.0,
+        "startedAt": "2026-11-28T12:00:00Z",
+        "updatedAt": "2026-11-28T12:10:00Z",
+    }
+
+
+def test_garbage_and_wrongly_typed_fields_are_dropped_instead_of_breaking_the_status() -> None:
+    assert parse_progress("not json") is None
+    assert parse_progress("[1, 2]") is None
+    status = parse_progress(json.dumps({"step": "ten", "phase": "dancing", "loss": 1.5}))
+    assert status == {"loss": 1.5}
+    assert parse_progress(json.dumps({"step": -3, "eta_seconds": float("inf")})) is None
+
+
+def test_a_completed_run_reports_one_hundred_percent() -> None:
+    status = parse_progress(report(39, phase="completed"))
+    assert status is not None and status["progressPercent"] == 100
+
+
+def test_the_newest_report_wins_and_failed_pods_count_as_restarts() -> None:
+    old_pod = reporting_pod("a", report(12))
+    new_pod = reporting_pod("b", report(14, resumed_from_step=10))
+    status = tuning_status(None, [new_pod, old_pod], restarts=1)
+    assert status is not None
+    assert (status["step"], status["resumedFromStep"], status["restarts"]) == (14, 10, 1)
+
+
+def test_without_pods_the_last_written_metrics_stay() -> None:
+    final = parse_progress(report(40, phase="completed"))
+    assert tuning_status(final, [], restarts=0) == final
+
+
+def test_a_running_tuning_workspace_shows_increasing_progress_then_keeps_final_metrics() -> None:
+    body, observed, _ = workload_observed(*cluster_with_ready_nodes(legacy_tuning()))
+    running = with_status(observed.job, active=1)
+    percents = []
+    for step in (4, 20, 36):
+        seen = dataclass_replace(observed, job=running, pods=(reporting_pod("p", report(step)),))
+        result = plan(body, seen, OPTIONS, now=LATER)
+        assert result.status is not None
+        body = {**body, "status": result.status}
+        percents.append(body["status"]["tuning"]["progressPercent"])
+    assert percents == [10, 50, 90]
+
+    done = dataclass_replace(
+        observed,
+        job=with_status(
+            observed.job, succeeded=1, conditions=[{"type": "Complete", "status": "True"}]
+        ),
+        pods=(reporting_pod("p", report(40, phase="completed", loss=0.9)),),
+    )
+    body, _ = converge(body, done)
+    assert body["status"]["state"] == "Succeeded"
+    assert body["status"]["tuning"]["loss"] == 0.9
+    gone = dataclass_replace(done, pods=())
+    body, final = converge(body, gone)
+    assert body["status"]["tuning"]["progressPercent"] == 100
+    assert final.idle
+
+
+def test_an_unchanged_report_writes_nothing() -> None:
+    body, observed, _ = workload_observed(*cluster_with_ready_nodes(legacy_tuning()))
+    seen = dataclass_replace(
+        observed, job=with_status(observed.job, active=1), pods=(reporting_pod("p", report(8)),)
+    )
+    _, final = converge(body, seen)
+    assert final.status is None
