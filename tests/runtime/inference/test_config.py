@@ -147,3 +147,15 @@ def test_vllm_gets_mapped_flags_adapters_extra_args_then_the_file(tmp_path: Path
 def test_vllm_without_adapters_does_not_enable_lora() -> None:
     config = parse_args(["--engine", "vllm", "--adapter-dir", "/nonexistent"], environ={})
     assert "--enable-lora" not in build_vllm_argv(config, environ={})
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch: tens of seconds on a busy machine
+def test_the_server_process_exits_nonzero_when_the_model_cannot_load(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "kaito.runtime.inference", "--model", str(tmp_path / "none")]
+    command += ["--host", "127.0.0.1", "--port", "0", "--adapter-dir", ""]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
+    assert finished.returncode == 1
+    assert "model load failed" in finished.stderr

@@ -65,20 +65,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("--config", help="YAML file (the inference ConfigMap); its entries win over flags")
-    add("--model", "--pretrained_model_name_or_path", "--pretrained-model-name-or-path")
-    add("--served-model-name", "--served_model_name")
+    add(
+        "--model",
+        "--pretrained_model_name_or_path",
+        "--pretrained-model-name-or-path",
+        help="model directory or Hugging Face id",
+    )
+    add("--served-model-name", "--served_model_name", help="model id clients use")
     add("--host")
-    add("--port", type=int)
-    add("--engine", choices=ENGINES)
+    add("--port", type=int, help="default 5000 + LOCAL_RANK")
+    add("--engine", choices=ENGINES, help="transformers (batched) or vllm (GPU)")
     add("--dtype", "--torch_dtype", "--torch-dtype")
-    add("--max-model-len", "--max_model_len", type=int)
-    add("--chat-template", "--chat_template")
-    add("--adapter-dir", "--kaito-adapters-dir", "--adapter_dir", dest="adapter_dir")
-    add("--max-num-seqs", "--max_num_seqs", type=int)
-    add("--max-queue-len", "--max_queue_len", type=int)
+    add("--max-model-len", "--max_model_len", type=int, help="tokens per sequence")
+    add("--chat-template", "--chat_template", help="file path or inline Jinja")
+    add(
+        "--adapter-dir",
+        "--kaito-adapters-dir",
+        "--adapter_dir",
+        dest="adapter_dir",
+        help="LoRA adapters, one per sub-directory",
+    )
+    add("--max-num-seqs", "--max_num_seqs", type=int, help="batch size")
+    add("--max-queue-len", "--max_queue_len", type=int, help="waiting requests before 429")
     add("--max-prefill-tokens", "--max_prefill_tokens", type=int)
     add("--default-max-tokens", "--default_max_tokens", type=int)
-    add("--api-key", "--api_key")
+    add("--api-key", "--api_key", help="bearer token (or env KAITO_API_KEY)")
     add("--num-threads", "--num_threads", type=int)
     add("--trust-remote-code", "--trust_remote_code", action="store_true", default=None)
     add("--pipeline", choices=PIPELINES)

@@ -57,7 +57,11 @@ def _disconnect_probe(request: Request) -> Callable[[], Awaitable[bool]]:
     return probe
 
 
-def build_app(serving: InferenceServing, load_in_background: bool = True) -> FastAPI:
+def build_app(
+    serving: InferenceServing,
+    load_in_background: bool = True,
+    on_load_error: Callable[[], None] | None = None,
+) -> FastAPI:
     """The ASGI app; with `load_in_background` the app owns the engine's lifecycle: the model
     loads in a thread after startup and the engine stops at shutdown."""
     config = serving.config
@@ -66,7 +70,9 @@ def build_app(serving: InferenceServing, load_in_background: bool = True) -> Fas
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if load_in_background and serving.engine is None and serving.load_error is None:
-            threading.Thread(target=_load_quietly, args=(serving,), daemon=True).start()
+            threading.Thread(
+                target=_load_quietly, args=(serving, on_load_error), daemon=True
+            ).start()
         yield
         if load_in_background:
             serving.shutdown()
@@ -260,6 +266,9 @@ def _plain(error: Any) -> dict[str, Any]:
     return {key: error[key] for key in ("type", "loc", "msg") if key in error}
 
 
-def _load_quietly(serving: InferenceServing) -> None:
-    with contextlib.suppress(Exception):  # the error is kept on `serving` and shown by /health
+def _load_quietly(serving: InferenceServing, on_error: Callable[[], None] | None) -> None:
+    try:
         serving.load()
+    except Exception:  # the error is kept on `serving` and shown by /health
+        if on_error is not None:
+            on_error()

@@ -98,8 +98,18 @@ def serve(config: ServerConfig) -> int:
 
         return exec_vllm(config)
     serving = InferenceServing(config)
-    app = build_app(serving)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level)
+    server: uvicorn.Server | None = None
+
+    def stop_on_load_error() -> None:
+        # A pod whose model cannot load should exit (and restart with its logs), as upstream.
+        if server is not None:
+            server.should_exit = True
+
+    app = build_app(serving, on_load_error=stop_on_load_error)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level)
+    )
+    server.run()
     if serving.load_error is not None:
         return 1
     return 0
