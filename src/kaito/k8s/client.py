@@ -11,7 +11,7 @@ from typing import Any, cast
 from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.resources.apps_v1 import ControllerRevision, StatefulSet
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import ConfigMap, Event, Node, Pod, Service
+from lightkube.resources.core_v1 import ConfigMap, Event, Node, PersistentVolumeClaim, Pod, Service
 from lightkube.types import CascadeType, PatchType
 
 from kaito.api.workspace import Workspace as WorkspaceModel
@@ -19,6 +19,7 @@ from kaito.k8s.resources import NodeClaim, Workspace, resource_for
 from kaito.manifests.keys import FIELD_MANAGER, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE
 from kaito.manifests.options import ClusterOptions
 from kaito.manifests.revision import LABEL_REVISION_OWNER
+from kaito.manifests.tuning import results_claim_name
 from kaito.reconcile.observed import Observed, wanted_config_maps
 from kaito.reconcile.planner import Event as PlannedEvent
 from kaito.reconcile.planner import ObjectRef
@@ -131,11 +132,16 @@ class Kube:
         singles = asyncio.gather(
             self.get(StatefulSet, name, ns) if workspace.inference is not None else none(),
             self.get(Job, name, ns) if workspace.tuning is not None else none(),
+            (
+                self.get(PersistentVolumeClaim, results_claim_name(name), ns)
+                if workspace.tuning is not None
+                else none()
+            ),
         )
         maps = asyncio.gather(*(self.config_map_data(cm_ns, cm_name) for cm_ns, cm_name in wanted))
         (
             (found_claims, found_nodes, services, pods, revisions),
-            (sts, job),
+            (sts, job, results_claim),
             datas,
         ) = await asyncio.gather(lists, singles, maps)
         config_maps = {
@@ -146,6 +152,7 @@ class Kube:
             nodes=tuple(found_nodes),
             statefulset=sts,
             job=job,
+            results_claim=results_claim,
             services=tuple(services),
             pods=tuple(pods),
             config_maps=config_maps,

@@ -7,7 +7,15 @@ from typing import Any
 from lightkube.generic_resource import create_global_resource, create_namespaced_resource
 from lightkube.resources.apps_v1 import ControllerRevision, StatefulSet
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import ConfigMap, Event, Node, Pod, Secret, Service
+from lightkube.resources.core_v1 import (
+    ConfigMap,
+    Event,
+    Node,
+    PersistentVolumeClaim,
+    Pod,
+    Secret,
+    Service,
+)
 
 Workspace = create_namespaced_resource("kaito.sh", "v1beta1", "Workspace", "workspaces")
 NodeClaim = create_global_resource("karpenter.sh", "v1", "NodeClaim", "nodeclaims")
@@ -16,6 +24,7 @@ RESOURCES: dict[tuple[str, str], Any] = {
     ("v1", "ConfigMap"): ConfigMap,
     ("v1", "Service"): Service,
     ("v1", "Pod"): Pod,
+    ("v1", "PersistentVolumeClaim"): PersistentVolumeClaim,
     ("v1", "Node"): Node,
     ("v1", "Secret"): Secret,
     ("v1", "Event"): Event,

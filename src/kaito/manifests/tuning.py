@@ -228,17 +228,51 @@ def _pusher(ctx: WorkspaceContext, output_dir: str, image: str) -> JSON:
     }
 
 
+def results_claim_name(workspace_name: str) -> str:
+    return f"{workspace_name}-results"
+
+
+def uses_results_claim(ctx: WorkspaceContext) -> bool:
+    """Results go to a kaito-made PVC unless the user gave an output volume (that one already
+    outlives the pod)."""
+    return _tuning(ctx).output.volume_source is None
+
+
+def build_results_claim(ctx: WorkspaceContext) -> JSON:
+    """PVC `<ws>-results` for checkpoints and the adapter: a replaced pod resumes from it.
+
+    Sized by the preset's tuning disk; owned by the Workspace, so it is deleted with it.
+    ReadWriteOnce suffices: the Job runs one pod at a time (parallelism 1).
+    """
+    preset = ctx.preset
+    assert preset is not None and preset.tuning is not None
+    return stamp(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": child_metadata(ctx, results_claim_name(ctx.name)),
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": f"{preset.tuning.disk_gib}Gi"}},
+            },
+        }
+    )
+
+
 def build_job(ctx: WorkspaceContext, *, output_dir: str = "/mnt/results") -> JSON:
     """Job `<ws>` (upstream §10) with the stages as init containers, in order."""
     tuning = _tuning(ctx)
     inits, input_volumes = _input_stage(ctx)
+    results: dict[str, Any] | None = tuning.output.volume_source
+    if uses_results_claim(ctx):
+        results = {"persistentVolumeClaim": {"claimName": results_claim_name(ctx.name)}}
     tuner = _tuner(ctx, output_dir)
     volumes: list[JSON] = [
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
         {"name": "model-weights-volume", "emptyDir": {}},
         {"name": "config-volume", "configMap": {"name": tuning.config_map_name}},
         _volume("data-volume", tuning.input.volume_source if not inits else None),
-        _volume("results-volume", tuning.output.volume_source),
+        _volume("results-volume", results),
         *input_volumes,
     ]
     spec: JSON = {"restartPolicy": "Never", "tolerations": tolerations(ctx.options.cloud_provider)}

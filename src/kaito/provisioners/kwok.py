@@ -5,6 +5,10 @@ It plays the gpu-provisioner plus Karpenter core: for each NodeClaim it creates 
 GPUs and GPU-feature-discovery labels, then moves the claim through Launched, Registered,
 Initialized and Ready with status.nodeName and status.providerID. Annotate a NodeClaim with
 `kaito.sh/simulate-failure: "<Reason>: <message>"` to make its launch fail instead.
+
+It also plays a volume provisioner for kaito's PVCs (the tuning results claim): a kwok cluster
+has no storage class, so a pending claim gets a pre-bound hostPath PersistentVolume, deleted
+again once the claim is gone (kwok pods never touch it).
 """
 
 from __future__ import annotations
@@ -13,20 +17,26 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
-from lightkube import ApiError
-from lightkube.resources.core_v1 import Node
+from lightkube import ALL_NS, ApiError
+from lightkube.resources.core_v1 import Node, PersistentVolume, PersistentVolumeClaim
 from lightkube.types import PatchType
 
 from kaito.devcluster.nodes import fake_node, node_is_ready
 from kaito.k8s.client import Kube, rfc3339, to_json
 from kaito.k8s.resources import NodeClaim
-from kaito.manifests.keys import LABEL_INSTANCE_TYPE, LABEL_MACHINE_TYPE, LABEL_NODEPOOL
+from kaito.manifests.keys import (
+    LABEL_INSTANCE_TYPE,
+    LABEL_MACHINE_TYPE,
+    LABEL_NODEPOOL,
+    LABEL_WORKSPACE,
+)
 from kaito.presets import default_skus
 
 ANNOTATION_FAILURE = "kaito.sh/simulate-failure"
 ANNOTATION_CLAIM = "kaito.sh/simulated-nodeclaim"
+ANNOTATION_VOLUME_CLAIM = "kaito.sh/simulated-volume-for"
 log = logging.getLogger("kaito.provisioners.kwok")
 JSON = dict[str, Any]
 
@@ -111,6 +121,34 @@ def _same_conditions(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     return essence(old) == essence(new) and old.get("nodeName") == new.get("nodeName")
 
 
+def volume_for_claim(claim: Mapping[str, Any]) -> JSON:
+    """A hostPath PersistentVolume pre-bound to `claim` (claimRef), of the requested size."""
+    meta, spec = claim["metadata"], claim.get("spec") or {}
+    size = ((spec.get("resources") or {}).get("requests") or {}).get("storage", "1Gi")
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {
+            "name": f"kwok-{meta['uid']}",
+            "annotations": {ANNOTATION_VOLUME_CLAIM: f"{meta['namespace']}/{meta['name']}"},
+        },
+        "spec": {
+            "capacity": {"storage": size},
+            "accessModes": list(spec.get("accessModes") or ["ReadWriteOnce"]),
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": spec.get("storageClassName") or "",
+            "hostPath": {"path": f"/tmp/kwok-volumes/{meta['uid']}"},
+            "claimRef": {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "namespace": meta["namespace"],
+                "name": meta["name"],
+                "uid": meta["uid"],
+            },
+        },
+    }
+
+
 class NodeSimulator:
     """Watches NodeClaims and keeps one kwok Node per claim (create, ready, delete)."""
 
@@ -172,6 +210,31 @@ class NodeSimulator:
             owner = (node["metadata"].get("annotations") or {}).get(ANNOTATION_CLAIM)
             if owner and owner not in names:
                 await self.delete_node(node["metadata"]["name"])
+        await self.sweep_volumes()
+
+    async def sweep_volumes(self) -> None:
+        """Bind each pending kaito PVC to a new volume; delete volumes whose claim is gone."""
+        claims = [
+            to_json(c)
+            async for c in self.kube.client.list(
+                PersistentVolumeClaim, namespace=ALL_NS, labels={LABEL_WORKSPACE: None}
+            )
+        ]
+        for claim in claims:
+            if (claim.get("status") or {}).get("phase") == "Pending" and not (
+                claim.get("spec") or {}
+            ).get("volumeName"):
+                with contextlib.suppress(ApiError):  # already made: the binder is on it
+                    made = cast(
+                        PersistentVolume, PersistentVolume.from_dict(volume_for_claim(claim))
+                    )
+                    await self.kube.client.create(made)
+        async for found in self.kube.client.list(PersistentVolume):
+            volume = to_json(found)
+            ours = ANNOTATION_VOLUME_CLAIM in (volume["metadata"].get("annotations") or {})
+            if ours and (volume.get("status") or {}).get("phase") == "Released":
+                with contextlib.suppress(ApiError):
+                    await self.kube.client.delete(PersistentVolume, volume["metadata"]["name"])
 
     async def watch(self) -> None:
         async for op, obj in self.kube.client.watch(NodeClaim):

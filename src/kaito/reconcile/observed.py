@@ -20,6 +20,7 @@ class Observed:
     - nodeclaims: NodeClaims labelled with this workspace (and its namespace).
     - nodes: every Node (the planner picks the matching ones).
     - statefulset, job: `<ws>` in the workspace namespace, or None.
+    - results_claim: the tuning results PVC `<ws>-results`, or None.
     - services: the workspace's Services.
     - pods: pods labelled `kaito.sh/workspace=<ws>`.
     - config_maps: (namespace, name) -> data for each ConfigMap in `wanted_config_maps`
@@ -33,6 +34,7 @@ class Observed:
     nodes: tuple[JSON, ...] = ()
     statefulset: JSON | None = None
     job: JSON | None = None
+    results_claim: JSON | None = None
     services: tuple[JSON, ...] = ()
     pods: tuple[JSON, ...] = ()
     config_maps: Mapping[tuple[str, str], Mapping[str, str]] = field(default_factory=dict)

@@ -29,8 +29,10 @@ from kaito.manifests.revision import MAX_REVISIONS, build_controller_revision
 from kaito.manifests.tuning import (
     TRAINING_CONFIG_KEY,
     build_job,
+    build_results_claim,
     build_tuning_config_map,
     training_output_dir,
+    uses_results_claim,
 )
 from kaito.presets.validation import default_tuning_config
 from kaito.reconcile import conditions as c
@@ -504,6 +506,14 @@ def _plan_tuning(
     job = observed.job
     delete: list[ObjectRef] = []
     events: list[Event] = []
+    if (
+        uses_results_claim(ctx)
+        and observed.results_claim is None
+        and (resource_ready or job is not None)
+    ):
+        # Created with the Job (not before: no storage for a workspace that never trains);
+        # only when missing, as a bound claim's spec is immutable.
+        apply.append(build_results_claim(ctx))
     stale = job is not None and _changed(desired, job)
     if job is None and resource_ready:
         apply.append(desired)

@@ -60,9 +60,11 @@ def workload_observed(body: JSON, observed: Observed) -> tuple[JSON, Observed, A
         if o["kind"] == "ConfigMap"
     }
     job = next((o for o in result.apply if o["kind"] == "Job"), None)
+    claim = next((o for o in result.apply if o["kind"] == "PersistentVolumeClaim"), None)
     seen = dataclass_replace(
         observed,
         statefulset=sts,
+        results_claim=claim,
         services=services,
         config_maps={**observed.config_maps, **config_maps},
         job=job,

@@ -6,13 +6,18 @@ import json
 from typing import Any
 
 from kaito.manifests.keys import ANNOTATION_TUNING_PROGRESS
+from kaito.provisioners.kwok import volume_for_claim
+from kaito.reconcile.observed import Observed
 from kaito.reconcile.planner import plan
 from kaito.reconcile.progress import parse_progress, tuning_status
 from tests.unit.controller.builders import (
     LATER,
+    NOW,
     OPTIONS,
+    applied,
     converge,
     legacy_tuning,
+    one,
     pod,
     with_status,
 )
@@ -128,3 +133,51 @@ def test_an_unchanged_report_writes_nothing() -> None:
     )
     _, final = converge(body, seen)
     assert final.status is None
+
+
+# --- resume: checkpoints on a PVC that outlives the pod ---------------------------------
+
+
+def test_the_tuning_job_writes_its_results_to_a_workspace_owned_claim_sized_by_the_preset() -> None:
+    body, observed = cluster_with_ready_nodes(legacy_tuning())
+    result = plan(body, observed, OPTIONS, now=LATER)
+    claim = one(result, "PersistentVolumeClaim")
+    assert claim["metadata"]["name"] == f"{NAME}-results"
+    assert claim["metadata"]["ownerReferences"][0]["kind"] == "Workspace"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "80Gi"
+    pod_spec = one(result, "Job")["spec"]["template"]["spec"]
+    results = next(v for v in pod_spec["volumes"] if v["name"] == "results-volume")
+    assert results == {
+        "name": "results-volume",
+        "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]},
+    }
+
+
+def test_no_claim_is_made_before_the_nodes_are_ready() -> None:
+    result = plan(legacy_tuning(), Observed(), OPTIONS, now=NOW)
+    assert applied(result, "PersistentVolumeClaim") == []
+
+
+def test_a_replacement_pod_reports_where_it_resumed_and_the_restart_is_counted() -> None:
+    body, observed, _ = workload_observed(*cluster_with_ready_nodes(legacy_tuning()))
+    replaced = dataclass_replace(
+        observed,
+        job=with_status(observed.job, active=1, failed=1),
+        pods=(reporting_pod("second", report(24, resumed_from_step=20)),),
+    )
+    status = plan(body, replaced, OPTIONS, now=LATER).status
+    assert status is not None
+    assert status["tuning"]["resumedFromStep"] == 20
+    assert status["tuning"]["restarts"] == 1
+    assert applied(plan(body, replaced, OPTIONS, now=LATER), "PersistentVolumeClaim") == []
+
+
+def test_the_kwok_simulator_binds_a_pending_claim_to_a_volume_of_its_size() -> None:
+    claim = {
+        "metadata": {"name": f"{NAME}-results", "namespace": "team", "uid": "u-1"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "80Gi"}}},
+    }
+    volume = volume_for_claim(claim)
+    assert volume["spec"]["capacity"] == {"storage": "80Gi"}
+    assert volume["spec"]["claimRef"]["uid"] == "u-1"
+    assert volume["spec"]["storageClassName"] == ""
