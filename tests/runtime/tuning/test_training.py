@@ -59,6 +59,8 @@ def test_eval_loss_decreases_on_learnable_data(trained: Path) -> None:
     history = [entry["eval_loss"] for entry in metadata["metrics"]["eval_history"]]
     assert len(history) >= 2
     assert history[-1] < history[0] * 0.8
+    metrics = metadata["metrics"]
+    assert metrics["eval_loss"] < metrics["initial_eval_loss"] * 0.8
 
 
 def test_progress_and_lineage_describe_the_finished_run(trained: Path, model_dir: Path) -> None:

@@ -118,7 +118,14 @@ class TuningConfig:
 
 def template_path(method: Method) -> Path:
     """The packaged default template for `method` (upstream's lora/qlora-params-template)."""
-    resource = importlib.resources.files("kaito.runtime.tuning") / "templates" / f"{method}.yaml"
+    # One copy for everyone: the operator's ConfigMaps, the chart and this runtime read the same
+    # files, which live with the preset data (kaito.presets is pure and cheap to import).
+    resource = (
+        importlib.resources.files("kaito.presets")
+        / "data"
+        / "tuning"
+        / f"{method}-params-template.yaml"
+    )
     return Path(str(resource))
 
 

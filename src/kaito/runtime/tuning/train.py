@@ -357,6 +357,12 @@ def run_tuning(
         resume = last_checkpoint(output)
         if resume:
             reporter.say(f"resuming from {resume}")
+        # The loss before any update is the baseline a person compares the result with; a
+        # resumed run no longer has the untouched adapter, so it reports none.
+        initial_eval_loss = None
+        if prepared.eval and not resume:
+            reporter.phase("evaluating", "eval loss before tuning")
+            initial_eval_loss = float(trainer.evaluate()["eval_loss"])
         started = time.monotonic()
         with sigterm_requests_stop(stop):
             train_output = trainer.train(resume_from_checkpoint=resume)
@@ -369,6 +375,8 @@ def run_tuning(
             "train_runtime_s": round(time.monotonic() - started, 2),
             "trained_tokens": trainer.tokens_seen,
         }
+        if initial_eval_loss is not None:
+            metrics["initial_eval_loss"] = initial_eval_loss
         if prepared.eval:
             metrics["eval_loss"] = float(trainer.evaluate()["eval_loss"])
             metrics["eval_history"] = [
