@@ -32,7 +32,7 @@ def rss_mib() -> float:
 async def run_load(
     url: str, total: int, clients: int, max_tokens: int = 1, model: str = "load"
 ) -> dict[str, Any]:
-    """Send `total` chat requests from `clients` concurrent workers; count statuses."""
+    """Send `total` completion requests from `clients` concurrent workers; count statuses."""
     import httpx
 
     statuses: collections.Counter[str] = collections.Counter()
@@ -41,15 +41,17 @@ async def run_load(
 
     async def worker(client: httpx.AsyncClient) -> None:
         for i in remaining:
+            # Two prompt tokens: the load is on the HTTP path, queueing and batching, not on
+            # prefill compute (a chat template would add ~35 tokens of system prompt each).
             body = {
                 "model": model,
-                "messages": [{"role": "user", "content": f"Say the number {i}."}],
+                "prompt": [1 + i % 1000, 1 + (i * 7) % 1000],
                 "max_tokens": max_tokens,
                 "temperature": 0,
             }
             started = time.perf_counter()
             try:
-                response = await client.post(f"{url}/v1/chat/completions", json=body)
+                response = await client.post(f"{url}/v1/completions", json=body)
                 statuses[str(response.status_code)] += 1
             except httpx.HTTPError as exc:
                 statuses[type(exc).__name__] += 1
