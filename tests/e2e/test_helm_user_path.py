@@ -340,6 +340,16 @@ def test_the_legacy_tuning_yaml_runs_to_success_and_deleting_it_leaves_nothing_b
         "pods": lambda: owned(release, f"/api/v1/namespaces/{ns}/pods", name),
         "services": lambda: owned(release, f"/api/v1/namespaces/{ns}/services", name),
         "configmaps": lambda: owned(release, f"/api/v1/namespaces/{ns}/configmaps", name),
+        # The tuning results volume is owned by the Workspace, whatever its labels.
+        "persistentvolumeclaims": lambda: [
+            c["metadata"]["name"]
+            for c in release.api.get(f"/api/v1/namespaces/{ns}/persistentvolumeclaims")["items"]
+        ],
+        "persistentvolumes": lambda: [
+            v["metadata"]["name"]
+            for v in release.api.get("/api/v1/persistentvolumes")["items"]
+            if (v["spec"].get("claimRef") or {}).get("namespace") == ns
+        ],
     }
     for what, probe in leftovers.items():
         release.api.wait_for(nothing(probe), timeout_s=60, what=f"no {what} left")
