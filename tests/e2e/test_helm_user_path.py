@@ -35,7 +35,9 @@ LEGACY_EXAMPLE = REPO / "examples" / "fine-tuning" / "kaito_workspace_tuning_phi
 RELEASE = "kaito"
 WEBHOOK = "validation.workspace.kaito.sh"
 VWC_PATH = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
-PERMISSION_ERRORS = ("forbidden", "Forbidden", " 403", "Not enough RBAC permissions")
+# What a refused request looks like in kopf's and lightkube's logs (not a bare "403", which an
+# access-log line can contain as a response size).
+PERMISSION_ERRORS = ("forbidden", "Forbidden", "status=403", "'code': 403", "Not enough RBAC")
 
 
 class Process:
@@ -323,7 +325,9 @@ def test_the_legacy_tuning_yaml_runs_to_success_and_deleting_it_leaves_nothing_b
         row = release.api.wait_for(reached, timeout_s=180, interval_s=1.0, what="the columns")
     except TimeoutError:
         assert release.operator is not None
-        raise AssertionError(f"{columns(release, name)}\n{release.operator.tail()}") from None
+        path = f"/apis/kaito.sh/v1beta1/namespaces/{release.workloads}/workspaces/{name}"
+        status = release.api.get(path).get("status")
+        raise AssertionError(f"{status}\n{release.operator.tail()}") from None
     print(f"kubectl apply to WORKSPACESUCCEEDED: {time.monotonic() - started:.1f} s")
     assert row["NAME"] == name
     assert row["INFERENCEREADY"] == ""  # a tuning Workspace serves nothing (as upstream)
