@@ -215,6 +215,8 @@ def _pusher(ctx: WorkspaceContext, output_dir: str, image: str) -> JSON:
             f"--dataset-dir={DATA_DIR}",
             f"--output-dir={output_dir}",
             f"--push={image}",
+            # Never train here: if the trainer did not finish, the push must fail, not retrain.
+            "--push-only",
             f"--model-name={preset.name}",
             f"--docker-config={DOCKER_CONFIG_DIR}/config.json",
             "--quiet",

@@ -449,6 +449,7 @@ def test_the_pusher_pushes_with_the_push_secret() -> None:
     pod = build_job(ctx_of(legacy_tuning()))["spec"]["template"]["spec"]
     pusher = container(pod, "pusher")
     assert "--push=ACR_REPO_HERE.azurecr.io/IMAGE_NAME_HERE:0.0.1" in pusher["args"]
+    assert "--push-only" in pusher["args"]
     assert "--model-name=phi-3-mini-128k-instruct" in pusher["args"]
     secret = next(v for v in pod["volumes"] if v["name"] == "docker-config")
     source = secret["projected"]["sources"][0]["secret"]
