@@ -18,6 +18,7 @@ from kaito.api.workspace import Workspace as WorkspaceModel
 from kaito.k8s.resources import NodeClaim, Workspace, resource_for
 from kaito.manifests.keys import FIELD_MANAGER, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE
 from kaito.manifests.options import ClusterOptions
+from kaito.manifests.preflight import preflight_job_name
 from kaito.manifests.revision import LABEL_REVISION_OWNER
 from kaito.manifests.tuning import results_claim_name
 from kaito.reconcile.observed import Observed, wanted_config_maps
@@ -137,11 +138,16 @@ class Kube:
                 if workspace.tuning is not None
                 else none()
             ),
+            (
+                self.get(Job, preflight_job_name(name), ns)
+                if workspace.tuning is not None
+                else none()
+            ),
         )
         maps = asyncio.gather(*(self.config_map_data(cm_ns, cm_name) for cm_ns, cm_name in wanted))
         (
             (found_claims, found_nodes, services, pods, revisions),
-            (sts, job, results_claim),
+            (sts, job, results_claim, preflight_job),
             datas,
         ) = await asyncio.gather(lists, singles, maps)
         config_maps = {
@@ -153,6 +159,7 @@ class Kube:
             statefulset=sts,
             job=job,
             results_claim=results_claim,
+            preflight_job=preflight_job,
             services=tuple(services),
             pods=tuple(pods),
             config_maps=config_maps,

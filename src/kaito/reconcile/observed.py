@@ -21,6 +21,7 @@ class Observed:
     - nodes: every Node (the planner picks the matching ones).
     - statefulset, job: `<ws>` in the workspace namespace, or None.
     - results_claim: the tuning results PVC `<ws>-results`, or None.
+    - preflight_job: the tuning preflight Job `<ws>-preflight`, or None.
     - services: the workspace's Services.
     - pods: pods labelled `kaito.sh/workspace=<ws>`.
     - config_maps: (namespace, name) -> data for each ConfigMap in `wanted_config_maps`
@@ -35,6 +36,7 @@ class Observed:
     statefulset: JSON | None = None
     job: JSON | None = None
     results_claim: JSON | None = None
+    preflight_job: JSON | None = None
     services: tuple[JSON, ...] = ()
     pods: tuple[JSON, ...] = ()
     config_maps: Mapping[tuple[str, str], Mapping[str, str]] = field(default_factory=dict)

@@ -22,9 +22,11 @@ from kaito.manifests.inference import build_inference_objects, build_statefulset
 from kaito.manifests.keys import (
     ANNOTATION_HASH,
     ANNOTATION_REVISION,
+    ANNOTATION_SKIP_PREFLIGHT,
 )
 from kaito.manifests.nodeclaim import NODECLAIM_API_VERSION, build_nodeclaim
 from kaito.manifests.options import ClusterOptions
+from kaito.manifests.preflight import build_preflight_job, preflight_job_name
 from kaito.manifests.revision import MAX_REVISIONS, build_controller_revision
 from kaito.manifests.tuning import (
     TRAINING_CONFIG_KEY,
@@ -36,6 +38,7 @@ from kaito.manifests.tuning import (
 )
 from kaito.presets.validation import default_tuning_config
 from kaito.reconcile import conditions as c
+from kaito.reconcile import preflight as pf
 from kaito.reconcile.conditions import Cond
 from kaito.reconcile.nodes import NodePicture, deleting, name_of, picture
 from kaito.reconcile.observed import Observed
@@ -332,6 +335,19 @@ def _plan(
         max_model_len=max_model_len(user_config),
         revision=revision,
     )
+    preflight_cond: Cond | None = None
+    if ws.tuning is not None:
+        preflight_cond, gate = _plan_preflight(ctx, body, observed)
+        if gate is not None:
+            # No NodeClaim, no Job: GPUs are asked for only once the data is known good.
+            status = _finish_status(body, [*gate.conds], now=now, state=gate.state)
+            return Plan(
+                apply=(*rev.apply, *gate.apply),
+                delete=(*rev.delete, *gate.delete),
+                status=status,
+                annotations=annotations,
+                requeue_after=gate.requeue,
+            )
     use_claims = options.uses_nodeclaims
     pic = picture(ctx, observed.nodes, observed.nodeclaims, use_claims=use_claims)
     if not use_claims and pic.gpus_per_node:
@@ -339,6 +355,8 @@ def _plan(
     new_claims = [build_nodeclaim(ctx, index) for index in pic.to_create]
     apply: list[JSON] = [*rev.apply, *new_claims]
     conds = _node_conditions(ctx, pic, use_claims)
+    if preflight_cond is not None:
+        conds.append(preflight_cond)
     events = _claim_events(new_claims, body, conds) if use_claims else []
     resource_ready = all(x.status == "True" for x in conds if x.type == c.RESOURCE_READY)
     if use_claims and not pic.claims_ready:
@@ -528,10 +546,78 @@ def _plan_tuning(
             )
         )
     current = job if job is not None and not stale else None
-    work = _tuning_status(current, observed.pods, apply, delete, events)
+    pods = [p for p in observed.pods if not pf.is_preflight_pod(p)]
+    work = _tuning_status(current, pods, apply, delete, events)
     restarts = int(((current or {}).get("status") or {}).get("failed") or 0)
-    progress = tuning_status(old_progress, observed.pods, restarts)
+    progress = tuning_status(old_progress, pods, restarts)
     return dataclasses.replace(work, tuning=progress)
+
+
+def _plan_preflight(
+    ctx: WorkspaceContext, body: Mapping[str, Any], observed: Observed
+) -> tuple[Cond | None, _Work | None]:
+    """(DatasetValidated condition, work to do instead of provisioning while it is not True).
+
+    Skipped by the `kaito.sh/skip-preflight: "true"` annotation, and for workspaces whose
+    nodes or Job already exist (they got past this point before preflight existed).
+    """
+    if _annotations(body).get(ANNOTATION_SKIP_PREFLIGHT, "").lower() == "true":
+        return Cond(
+            pf.DATASET_VALIDATED, "True", pf.PREFLIGHT_SKIPPED, "skipped (kaito.sh/skip-preflight)"
+        ), None
+    old = c.find(_old_status(body).get("conditions"), pf.DATASET_VALIDATED)
+    if old is not None and old.get("status") == "True":
+        # Passed once: a later spec change does not take the GPUs away again.
+        return Cond(
+            pf.DATASET_VALIDATED, "True", str(old.get("reason")), str(old.get("message"))
+        ), None
+    if observed.job is not None or any(not deleting(claim) for claim in observed.nodeclaims):
+        return None, None
+    text, config_map = _tuning_config(ctx, observed)
+    apply: list[JSON] = [config_map] if config_map is not None else []
+    if text is None:
+        return None, _plan_tuning(ctx, observed, False, None)
+    desired = build_preflight_job(ctx)
+    job = observed.preflight_job
+    delete: list[ObjectRef] = []
+    found: pf.Verdict | None = None
+    if job is None:
+        apply.append(desired)
+    elif _changed(desired, job):
+        # The input changed: check the new one (a Job's template is immutable).
+        if not deleting(job):
+            delete.append(
+                ObjectRef(
+                    "batch/v1",
+                    "Job",
+                    preflight_job_name(ctx.name),
+                    ctx.namespace,
+                    propagation="Foreground",
+                )
+            )
+    else:
+        found = pf.job_verdict(job, observed.pods)
+    if found is not None and found.ok:
+        return Cond.of(pf.DATASET_VALIDATED, True, pf.PREFLIGHT_PASSED, found.message), None
+    if found is not None:
+        return None, _Work(
+            conds=(
+                Cond.of(pf.DATASET_VALIDATED, False, pf.PREFLIGHT_FAILED, found.message),
+                Cond.of(c.WORKSPACE_SUCCEEDED, False, pf.PREFLIGHT_FAILED, found.message),
+            ),
+            state="Failed",
+        )
+    message = "validating the dataset on a CPU pod before requesting GPU nodes"
+    return None, _Work(
+        apply=tuple(apply),
+        delete=tuple(delete),
+        conds=(
+            Cond(pf.DATASET_VALIDATED, "Unknown", pf.PREFLIGHT_RUNNING, message),
+            Cond(c.WORKSPACE_SUCCEEDED, "False", c.PENDING, message),
+        ),
+        requeue=WORKLOAD_POLL_S,
+        state="Pending",
+    )
 
 
 def _tuning_status(

@@ -25,9 +25,26 @@ BYO = ClusterOptions(node_provisioner="byo")
 __all__ = ["inference_workspace", "legacy_tuning_workspace", "tuning_workspace", "with_"]
 
 
-def stored(body: JSON, *, namespace: str = "default", generation: int = 1) -> JSON:
-    """A body as the apiserver returns it: v1beta1, namespace, uid and generation set."""
+def stored(
+    body: JSON, *, namespace: str = "default", generation: int = 1, preflight_passed: bool = True
+) -> JSON:
+    """A body as the apiserver returns it: v1beta1, namespace, uid and generation set.
+
+    A tuning body has passed its dataset preflight already (tests of what comes after it);
+    `preflight_passed=False` gives one that has not run it yet.
+    """
     out = copy.deepcopy(body)
+    if preflight_passed and "tuning" in out:
+        out.setdefault("status", {}).setdefault("conditions", []).append(
+            {
+                "type": "DatasetValidated",
+                "status": "True",
+                "reason": "PreflightPassed",
+                "message": "dataset ok: 8 train / 2 eval rows",
+                "observedGeneration": generation,
+                "lastTransitionTime": "2026-11-28T11:59:00Z",
+            }
+        )
     out["apiVersion"] = "kaito.sh/v1beta1"
     meta = out.setdefault("metadata", {})
     meta.setdefault("namespace", namespace)

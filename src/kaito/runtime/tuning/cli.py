@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -73,6 +74,10 @@ def build_parser(prog: str = "kaito tune") -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--check", action="store_true", help="preflight only: validate, no training")
     run.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+    run.add_argument(
+        "--termination-log",
+        help="also write a compact result here (a pod's terminationMessagePath, 4 KiB at most)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress on the terminal")
     push = parser.add_argument_group("publish")
     push.add_argument("--push", metavar="IMAGE", help="push the adapter to this image reference")
@@ -111,7 +116,30 @@ def _config_source(args: argparse.Namespace) -> str | Path:
     return template_path(args.method)
 
 
+# The kubelet keeps at most 4096 bytes of a termination message.
+TERMINATION_LOG_LIMIT = 4096
+
+
+def compact_result(document: dict[str, Any], limit: int = TERMINATION_LOG_LIMIT) -> str:
+    """The result as one JSON line within `limit` bytes: per-file details go first, then
+    problems beyond the first few, so the counts and the first located problem always fit."""
+    small = {k: v for k, v in document.items() if k != "files"}
+    if "files" in document:
+        small["file_count"] = len(document["files"])
+    for keep in (20, 5, 1, 0):
+        for key in ("errors", "warnings"):
+            if isinstance(small.get(key), list):
+                small[key] = small[key][:keep]
+        text = json.dumps(small, separators=(",", ":"), default=str)
+        if len(text.encode()) <= limit:
+            return text
+    return json.dumps({"ok": document.get("ok", False), "error": "result too large"})
+
+
 def _emit(args: argparse.Namespace, document: dict[str, Any], text: str, code: int) -> int:
+    if getattr(args, "termination_log", None):
+        with contextlib.suppress(OSError):  # reporting must not change the exit code
+            Path(args.termination_log).write_text(compact_result(document), encoding="utf-8")
     if args.json:
         print(json.dumps(document, indent=2))
     elif text:
