@@ -65,6 +65,10 @@ class ProgressReporter:
         self._train_started = 0.0
         self._tokens_at_start = 0
         self._last_line = 0.0
+        # In a kaito tuning pod, the report also goes to the pod's own annotation.
+        from kaito.runtime.tuning.podreport import PodAnnotator
+
+        self._pod = PodAnnotator.from_env() if enabled else None
 
     def update(self, **changes: Any) -> None:
         for key, value in changes.items():
@@ -72,6 +76,8 @@ class ProgressReporter:
         self.progress.updated_at = utc_now()
         if self.enabled and self.path is not None:
             write_json_atomic(self.path, self.progress.to_json())
+        if self._pod is not None:
+            self._pod.publish(self.progress.to_json())
 
     def phase(self, phase: str, message: str = "") -> None:
         self.update(phase=phase, message=message)
