@@ -15,7 +15,9 @@ from lightkube.resources.core_v1 import (
     Pod,
     Secret,
     Service,
+    ServiceAccount,
 )
+from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
 
 Workspace = create_namespaced_resource("kaito.sh", "v1beta1", "Workspace", "workspaces")
 NodeClaim = create_global_resource("karpenter.sh", "v1", "NodeClaim", "nodeclaims")
@@ -25,6 +27,9 @@ RESOURCES: dict[tuple[str, str], Any] = {
     ("v1", "Service"): Service,
     ("v1", "Pod"): Pod,
     ("v1", "PersistentVolumeClaim"): PersistentVolumeClaim,
+    ("v1", "ServiceAccount"): ServiceAccount,
+    ("rbac.authorization.k8s.io/v1", "Role"): Role,
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): RoleBinding,
     ("v1", "Node"): Node,
     ("v1", "Secret"): Secret,
     ("v1", "Event"): Event,

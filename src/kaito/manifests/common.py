@@ -20,7 +20,8 @@ RUNTIME_UID = 10001
 
 def harden_pod_spec(spec: JSON) -> JSON:
     """Pod security for the pods kaito builds: non-root, no privilege escalation, no Linux
-    capabilities, RuntimeDefault seccomp and no API token (no workload calls the API).
+    capabilities, RuntimeDefault seccomp and no automatic API token (only the tuning trainer
+    calls the API, to annotate its own pod, with a token mounted into that container alone).
 
     GPUs need none of what is taken away: the NVIDIA device plugin hands the container its
     /dev/nvidia* devices, usable by any user. The root filesystem stays writable because the

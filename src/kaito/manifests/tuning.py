@@ -33,6 +33,9 @@ DATA_DIR = "/mnt/data"
 WEIGHTS_DIR = "/workspace/weights"
 DEFAULT_OUTPUT_DIR = "/mnt/output"
 DOCKER_CONFIG_DIR = "/root/.docker"
+TUNING_SERVICE_ACCOUNT = "kaito-tuning"
+API_ACCESS_VOLUME = "kube-api-access"
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 PHI3_TARGET_MODULES = "k_proj,q_proj,v_proj,o_proj,gate_proj,down_proj,up_proj"
 # Retries resume from the last checkpoint; a third failure fails the Job for good.
 BACKOFF_LIMIT = 2
@@ -179,6 +182,9 @@ def _tuner(ctx: WorkspaceContext, output_dir: str) -> JSON:
         {"name": "YAML_FILE_PATH", "value": f"{CONFIG_MOUNT}/{TRAINING_CONFIG_KEY}"},
         {"name": "DATASET_FOLDER_PATH", "value": DATA_DIR},
         {"name": "HF_HOME", "value": WEIGHTS_DIR},
+        # The runtime annotates its own pod with its progress (docs/operator.md).
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
     if preset.name.startswith("phi-3"):
         env.append({"name": "DEFAULT_TARGET_MODULES", "value": PHI3_TARGET_MODULES})
@@ -197,7 +203,83 @@ def _tuner(ctx: WorkspaceContext, output_dir: str) -> JSON:
             {"name": "config-volume", "mountPath": CONFIG_MOUNT},
             {"name": "results-volume", "mountPath": output_dir},
             {"name": "data-volume", "mountPath": DATA_DIR},
+            {"name": API_ACCESS_VOLUME, "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True},
         ],
+    }
+
+
+def build_tuning_identity(ctx: WorkspaceContext) -> list[JSON]:
+    """ServiceAccount, Role and RoleBinding `kaito-tuning` in the workspace namespace: the
+    trainer may patch pods there (its own progress annotation), nothing else.
+
+    Shared by the namespace's tuning Workspaces, so not owned by one (like the template copy).
+    """
+    meta = {
+        "name": TUNING_SERVICE_ACCOUNT,
+        "namespace": ctx.namespace,
+        "labels": {"app.kubernetes.io/managed-by": "kaito"},
+    }
+    return [
+        stamp(
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": dict(meta),
+                "automountServiceAccountToken": False,
+            }
+        ),
+        stamp(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": dict(meta),
+                "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}],
+            }
+        ),
+        stamp(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": dict(meta),
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": TUNING_SERVICE_ACCOUNT,
+                },
+                "subjects": [
+                    {
+                        "kind": "ServiceAccount",
+                        "name": TUNING_SERVICE_ACCOUNT,
+                        "namespace": ctx.namespace,
+                    }
+                ],
+            }
+        ),
+    ]
+
+
+def _api_access_volume() -> JSON:
+    """The token, CA and namespace a kubelet would automount, for the trainer only."""
+    return {
+        "name": API_ACCESS_VOLUME,
+        "projected": {
+            "sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                {
+                    "configMap": {
+                        "name": "kube-root-ca.crt",
+                        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                    }
+                },
+                {
+                    "downwardAPI": {
+                        "items": [
+                            {"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}
+                        ]
+                    }
+                },
+            ]
+        },
     }
 
 
@@ -275,9 +357,14 @@ def build_job(ctx: WorkspaceContext, *, output_dir: str = "/mnt/results") -> JSO
         {"name": "config-volume", "configMap": {"name": tuning.config_map_name}},
         _volume("data-volume", tuning.input.volume_source if not inits else None),
         _volume("results-volume", results),
+        _api_access_volume(),
         *input_volumes,
     ]
-    spec: JSON = {"restartPolicy": "Never", "tolerations": tolerations(ctx.options.cloud_provider)}
+    spec: JSON = {
+        "restartPolicy": "Never",
+        "serviceAccountName": TUNING_SERVICE_ACCOUNT,
+        "tolerations": tolerations(ctx.options.cloud_provider),
+    }
     output = tuning.output
     if output.image and output.volume_source is None:
         secret = output.image_push_secret or ""

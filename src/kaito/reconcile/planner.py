@@ -33,6 +33,7 @@ from kaito.manifests.tuning import (
     build_job,
     build_results_claim,
     build_tuning_config_map,
+    build_tuning_identity,
     training_output_dir,
     uses_results_claim,
 )
@@ -534,7 +535,8 @@ def _plan_tuning(
         apply.append(build_results_claim(ctx))
     stale = job is not None and _changed(desired, job)
     if job is None and resource_ready:
-        apply.append(desired)
+        # Its identity first (applied with each new Job: idempotent, and not worth observing).
+        apply += [*build_tuning_identity(ctx), desired]
     elif stale and job is not None and not deleting(job):
         # A Job's pod template is immutable: replace it (upstream §11, Foreground).
         delete.append(

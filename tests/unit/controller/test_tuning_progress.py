@@ -181,3 +181,19 @@ def test_the_kwok_simulator_binds_a_pending_claim_to_a_volume_of_its_size() -> N
     assert volume["spec"]["capacity"] == {"storage": "80Gi"}
     assert volume["spec"]["claimRef"]["uid"] == "u-1"
     assert volume["spec"]["storageClassName"] == ""
+
+
+def test_the_trainer_runs_as_kaito_tuning_which_may_only_patch_pods_of_its_namespace() -> None:
+    body, observed = cluster_with_ready_nodes(legacy_tuning())
+    result = plan(body, observed, OPTIONS, now=LATER)
+    role = one(result, "Role")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}]
+    binding = one(result, "RoleBinding")
+    assert binding["subjects"][0]["name"] == one(result, "ServiceAccount")["metadata"]["name"]
+    pod_spec = one(result, "Job")["spec"]["template"]["spec"]
+    assert pod_spec["serviceAccountName"] == "kaito-tuning"
+    trainer = next(c for c in pod_spec["initContainers"] if c["name"] == NAME)
+    env = {e["name"]: e.get("valueFrom") for e in trainer["env"]}
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    kinds = [o["kind"] for o in result.apply]
+    assert kinds.index("RoleBinding") < kinds.index("Job")

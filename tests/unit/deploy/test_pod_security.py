@@ -68,11 +68,23 @@ def test_every_container_drops_all_capabilities_and_cannot_escalate(pod: Any) ->
         }, container["name"]
 
 
-@pytest.mark.parametrize("pod", [tuning_pod, inference_pod], ids=["tuning", "inference"])
-def test_workload_pods_get_no_api_token(pod: Any) -> None:
-    spec = pod()
+def test_inference_pods_get_no_api_token() -> None:
+    spec = inference_pod()
     assert spec["automountServiceAccountToken"] is False
     assert "serviceAccountName" not in spec  # the namespace's default, with no token mounted
+
+
+def test_only_the_tuning_trainer_gets_a_token_of_the_kaito_tuning_account() -> None:
+    spec = tuning_pod()
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["serviceAccountName"] == "kaito-tuning"  # may patch pods: its progress
+    containers = [*spec.get("initContainers", []), *spec["containers"]]
+    with_token = [
+        c["name"]
+        for c in containers
+        if any(m["name"] == "kube-api-access" for m in c.get("volumeMounts", []))
+    ]
+    assert len(with_token) == 1 and with_token[0] not in ("pusher", "data-downloader")
 
 
 def test_the_runtime_image_user_matches_the_pods() -> None:

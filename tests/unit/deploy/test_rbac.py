@@ -118,8 +118,13 @@ def watched() -> Iterator[Permission]:
 KOPF_NAMESPACED = {("", "namespaces", "list"), ("", "namespaces", "watch")}
 
 
+# Held only to be granted: the tuning pods' Role lets them patch pods (their progress
+# annotation), and RBAC refuses to create a Role granting what its creator lacks.
+GRANTED_ONWARD = {("", "pods", "patch")}
+
+
 def used_by_the_code(*, namespaced: bool = False) -> set[Permission]:
-    used = {*direct_calls(), *applied_kinds(), *deleted_kinds(), *watched(), *KOPF}
+    used = {*direct_calls(), *applied_kinds(), *deleted_kinds(), *watched(), *KOPF, *GRANTED_ONWARD}
     return used | KOPF_NAMESPACED if namespaced else used
 
 
