@@ -321,6 +321,12 @@ class TuningProgress(_Model):
     restarts: int | None = Field(
         default=None, ge=0, description="Tuning pods that failed and were replaced."
     )
+    adapter_image: Annotated[str, StringConstraints(max_length=1024)] | None = Field(
+        default=None, description="The pushed adapter image reference."
+    )
+    adapter_digest: Annotated[str, StringConstraints(max_length=128)] | None = Field(
+        default=None, description="Digest of the pushed adapter image (sha256:...)."
+    )
     message: Annotated[str, StringConstraints(max_length=1024)] | None = Field(
         default=None, description="Short human-readable note."
     )

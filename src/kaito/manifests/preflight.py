@@ -15,11 +15,11 @@ from kaito.manifests.tuning import (
     CONFIG_MOUNT,
     DATA_DIR,
     DOCKER_CONFIG_DIR,
+    TERMINATION_LOG,
     TRAINING_CONFIG_KEY,
     _secret_volume,
 )
 
-TERMINATION_LOG = "/dev/termination-log"
 STAGE_PREFLIGHT = "preflight"
 # Tokenizing a dataset is CPU work: modest requests and no GPU, so any node can run it.
 PREFLIGHT_RESOURCES: JSON = {

@@ -34,6 +34,7 @@ WEIGHTS_DIR = "/workspace/weights"
 DEFAULT_OUTPUT_DIR = "/mnt/output"
 DOCKER_CONFIG_DIR = "/root/.docker"
 TUNING_SERVICE_ACCOUNT = "kaito-tuning"
+TERMINATION_LOG = "/dev/termination-log"
 API_ACCESS_VOLUME = "kube-api-access"
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 PHI3_TARGET_MODULES = "k_proj,q_proj,v_proj,o_proj,gate_proj,down_proj,up_proj"
@@ -302,7 +303,11 @@ def _pusher(ctx: WorkspaceContext, output_dir: str, image: str) -> JSON:
             f"--model-name={preset.name}",
             f"--docker-config={DOCKER_CONFIG_DIR}/config.json",
             "--quiet",
+            # The pushed reference and digest, for the operator to copy into the status.
+            f"--termination-log={TERMINATION_LOG}",
         ],
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
             {"name": "config-volume", "mountPath": CONFIG_MOUNT},
             {"name": "results-volume", "mountPath": output_dir},

@@ -83,13 +83,39 @@ def pods_progress(pods: Sequence[Mapping[str, Any]]) -> JSON | None:
     return max(reports, key=lambda report: str(report.get("updatedAt") or ""))
 
 
+def pushed_adapter(pods: Sequence[Mapping[str, Any]]) -> JSON | None:
+    """{adapterImage, adapterDigest} from a pusher's termination message (its JSON result)."""
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            if status.get("name") != "pusher":
+                continue
+            state = (status.get("state") or {}).get("terminated") or {}
+            try:
+                result = json.loads(state.get("message") or "")
+            except ValueError:
+                continue
+            pushed = result.get("pushed") if isinstance(result, dict) else None
+            if isinstance(pushed, dict) and isinstance(pushed.get("digest"), str):
+                return {
+                    "adapterImage": str(pushed.get("reference") or "")[:1024],
+                    "adapterDigest": pushed["digest"][:128],
+                }
+    return None
+
+
 def tuning_status(
     old: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]], restarts: int
 ) -> JSON | None:
     """`status.tuning`: the latest pod report, else the last one written (final metrics stay
-    after the pods are gone), plus how often the Job replaced a failed pod."""
+    after the pods are gone), how often the Job replaced a failed pod, and the pushed
+    adapter's reference and digest once the pusher reported them."""
     current = pods_progress(pods)
     out = dict(current if current is not None else (old or {}))
     if restarts > 0:
         out["restarts"] = restarts
+    adapter = pushed_adapter(pods)
+    for key in ("adapterImage", "adapterDigest"):
+        value = (adapter or {}).get(key) or (old or {}).get(key)
+        if value:
+            out[key] = value
     return out or None

@@ -197,3 +197,28 @@ def test_the_trainer_runs_as_kaito_tuning_which_may_only_patch_pods_of_its_names
     assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     kinds = [o["kind"] for o in result.apply]
     assert kinds.index("RoleBinding") < kinds.index("Job")
+
+
+def test_the_pushed_adapter_digest_is_copied_from_the_pushers_message_and_stays() -> None:
+    body, observed, _ = workload_observed(*cluster_with_ready_nodes(legacy_tuning()))
+    pusher_pod = pod("p", NAME)
+    pushed = {
+        "ok": True,
+        "pushed": {"reference": "myacr.azurecr.io/adapter:0.0.1", "digest": "sha256:" + "ab" * 32},
+    }
+    pusher_pod["status"]["containerStatuses"] = [
+        {"name": "pusher", "state": {"terminated": {"exitCode": 0, "message": json.dumps(pushed)}}}
+    ]
+    done = dataclass_replace(
+        observed,
+        job=with_status(
+            observed.job, succeeded=1, conditions=[{"type": "Complete", "status": "True"}]
+        ),
+        pods=(pusher_pod,),
+    )
+    body, _ = converge(body, done)
+    assert body["status"]["tuning"]["adapterDigest"] == "sha256:" + "ab" * 32
+    assert body["status"]["tuning"]["adapterImage"] == "myacr.azurecr.io/adapter:0.0.1"
+    body, final = converge(body, dataclass_replace(done, pods=()))
+    assert body["status"]["tuning"]["adapterDigest"].startswith("sha256:ab")
+    assert final.idle
