@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from kaito.runtime.oci.image import fetch_manifest
 from kaito.runtime.tuning.cli import TERMINATION_LOG_LIMIT, compact_result, main
 from tests.runtime.tuning.builders import messages_rows, write_rows
+from tests.support.registry import LocalRegistry
 
 
 def test_a_bad_row_is_left_in_the_termination_log_with_its_file_row_and_column(
@@ -39,3 +41,16 @@ def test_a_huge_result_is_cut_to_the_kubelets_limit_but_keeps_the_first_problem(
     result = json.loads(text)
     assert result["errors"][0]["row"] == 0
     assert result["file_count"] == 100
+
+
+def test_the_pusher_leaves_the_pushed_reference_and_digest_for_the_operator(
+    trained: Path, oci_registry: LocalRegistry, model_dir: Path, tmp_path: Path
+) -> None:
+    ref = oci_registry.ref("adapters/termination-log", "0.0.1")
+    log = tmp_path / "termination-log"
+    argv = ["--model", str(model_dir), "--dataset-dir", str(tmp_path), "--output-dir", str(trained)]
+    code = main([*argv, "--push", ref, "--push-only", "--termination-log", str(log), "--quiet"])
+    assert code == 0
+    pushed = json.loads(log.read_text())["pushed"]
+    _, digest = fetch_manifest(ref)
+    assert pushed == {"reference": ref, "digest": digest}
