@@ -76,7 +76,7 @@ def demo(
         adapters = prepare_adapters(serving, console)
         with strength_environment(serving):
             server = start_server(
-                parse_args(server_args(serving, weights, adapters, "127.0.0.1", 0))
+                parse_args(server_args(serving, weights, adapters, "127.0.0.1", 0, "warning"))
             )
     except LocalModeError as exc:
         console.print(f"[bold red]error:[/bold red] {exc}")

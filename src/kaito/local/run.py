@@ -214,7 +214,12 @@ def prepare_adapters(
 
 
 def server_args(
-    plan: ServePlan, weights: Path, adapter_dir: Path | None, host: str, port: int
+    plan: ServePlan,
+    weights: Path,
+    adapter_dir: Path | None,
+    host: str,
+    port: int,
+    log_level: str | None = None,
 ) -> list[str]:
     """The inference server's flags for a plan (the same flags a pod gets)."""
     args = [
@@ -231,6 +236,8 @@ def server_args(
         args += ["--adapter-dir", str(adapter_dir)]
     if plan.config_file is not None:
         args += ["--config", str(plan.config_file)]
+    if log_level is not None:
+        args += ["--log-level", log_level]
     return args
 
 
