@@ -255,9 +255,12 @@ def columns(release: Release, name: str) -> dict[str, str]:
 
 
 def owned(release: Release, path: str, name: str) -> list[str]:
-    found = release.api.request("GET", path, query={"labelSelector": f"kaito.sh/workspace={name}"})[
-        "items"
-    ]
+    selector = f"kaito.sh/workspace={name}"
+    if "/namespaces/" not in path:
+        # Cluster-scoped (NodeClaims): Workspace names repeat across namespaces, and other tests
+        # in this session apply the same legacy YAML, so the namespace label must match too.
+        selector += f",kaito.sh/workspacenamespace={release.workloads}"
+    found = release.api.request("GET", path, query={"labelSelector": selector})["items"]
     return [item["metadata"]["name"] for item in found]
 
 
