@@ -224,10 +224,12 @@ class InferenceServing:
         return p.ModelList(data=cards)
 
     def resolve_model(self, name: str) -> str | ServingError | None:
-        """None for the base model, an adapter name, or a 404."""
+        """None for the base model, an adapter name, a 404, or a 503 while still loading."""
+        if self.engine is None:
+            return NOT_READY
         if name in (self.config.model_name, self.config.model):
             return None
-        if self.engine is not None and name in self.engine.adapters:
+        if name in self.engine.adapters:
             return name
         return ServingError(
             404, f"The model `{name}` does not exist.", "NotFoundError", "model_not_found", "model"
@@ -399,8 +401,6 @@ class InferenceServing:
         self, req: p.ChatCompletionRequest, disconnected: Disconnected | None = None
     ) -> p.ChatCompletionResponse | AsyncIterator[str] | ServingError | None:
         started = time.monotonic()
-        if self.engine is None:
-            return NOT_READY
         adapter = self.resolve_model(req.model)
         if isinstance(adapter, ServingError):
             return adapter
@@ -503,8 +503,6 @@ class InferenceServing:
         self, req: p.CompletionRequest, disconnected: Disconnected | None = None
     ) -> p.CompletionResponse | AsyncIterator[str] | ServingError | None:
         started = time.monotonic()
-        if self.engine is None:
-            return NOT_READY
         adapter = self.resolve_model(req.model)
         if isinstance(adapter, ServingError):
             return adapter
