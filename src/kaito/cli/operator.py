@@ -16,8 +16,16 @@ app = typer.Typer(
 @app.command()
 def run(
     log_level: str = typer.Option("INFO", help="DEBUG, INFO, WARNING or ERROR."),
+    leader_elect: bool | None = typer.Option(
+        None,
+        "--leader-elect/--no-leader-elect",
+        help="Reconcile only while holding the leader-election Lease (overrides "
+        "KAITO_LEADER_ELECTION; off by default, on in the Helm chart).",
+    ),
 ) -> None:
     """Run the operator against KUBECONFIG (or in-cluster); settings from KAITO_* variables."""
+    import dataclasses
+
     from kaito.operator.main import run as run_operator
     from kaito.operator.settings import Settings, SettingsError
 
@@ -26,6 +34,8 @@ def run(
     except SettingsError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    if leader_elect is not None:
+        settings = dataclasses.replace(settings, leader_election=leader_elect)
     run_operator(settings, log_level=log_level)
 
 

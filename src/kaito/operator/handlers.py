@@ -17,9 +17,16 @@ WORKSPACES = ("kaito.sh", "v1beta1", "workspaces")
 OWNED = {LABEL_WORKSPACE: kopf.PRESENT}
 
 
-def build_registry(settings: Settings) -> kopf.OperatorRegistry:
-    """All handlers of the operator in a fresh registry (no module-level global state)."""
+def build_registry(
+    settings: Settings, *, reconcile: bool = True, admission: bool = True
+) -> kopf.OperatorRegistry:
+    """The operator's handlers in a fresh registry (no module-level global state).
+
+    With leader election the process runs two kopf operators: one for admission only (every
+    replica serves the webhook) and, while leading, one for reconciliation only.
+    """
     registry = kopf.OperatorRegistry()
+    serve_webhook = admission and settings.webhook_enabled
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
@@ -33,7 +40,7 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
         settings.posting.enabled = False
         settings.watching.server_timeout = 120
         settings.watching.client_timeout = 150
-        if op_settings.webhook_enabled:
+        if serve_webhook:
             settings.admission.server = webhook_server(op_settings)
             if op_settings.webhook_managed:
                 settings.admission.managed = WEBHOOK_NAME
@@ -52,6 +59,15 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
         if controller is not None:
             await controller.kube.close()
 
+    if serve_webhook:
+        _register_webhook(registry)
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    if reconcile:
+        _register_reconcile(registry)
+    return registry
+
+
+def _register_reconcile(registry: kopf.OperatorRegistry) -> None:
     @kopf.daemon(
         *WORKSPACES,
         registry=registry,
@@ -92,11 +108,6 @@ def build_registry(settings: Settings) -> kopf.OperatorRegistry:
         ("", "v1", "pods"),
     ):
         kopf.on.event(*resource, labels=OWNED, registry=registry)(child_changed)
-
-    if settings.webhook_enabled:
-        _register_webhook(registry)
-    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    return registry
 
 
 def _register_webhook(registry: kopf.OperatorRegistry) -> None:

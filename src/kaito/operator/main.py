@@ -3,17 +3,43 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
 
 import kopf
 
+from kaito.k8s.lease import LeaseStore
 from kaito.operator.handlers import build_registry
+from kaito.operator.leader import LeaderElector, default_identity
 from kaito.operator.settings import Settings
 
+log = logging.getLogger("kaito.operator")
 
-async def serve(settings: Settings, *, stop_flag: asyncio.Event | None = None) -> None:
-    """Run the operator until stopped (signals, or `stop_flag`)."""
-    registry = build_registry(settings)
+
+def _exit_now() -> None:
+    """Leadership lost: exit at once so Kubernetes restarts the pod as a standby.
+
+    A graceful kopf shutdown waits for daemons (up to their cancellation timeout) and could
+    still be writing when a standby takes over; the renew deadline leaves only
+    lease duration - renew deadline (5 s by default) before that may happen.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
+async def _kopf(
+    settings: Settings,
+    registry: kopf.OperatorRegistry,
+    *,
+    stop_flag: asyncio.Event | None,
+    liveness: bool,
+) -> None:
     namespaces = [settings.watch_namespace] if settings.watch_namespace else []
     await kopf.operator(
         registry=registry,
@@ -22,8 +48,90 @@ async def serve(settings: Settings, *, stop_flag: asyncio.Event | None = None) -
         namespaces=namespaces,
         stop_flag=stop_flag,
         # The chart's liveness and readiness probes call this endpoint.
-        liveness_endpoint=settings.liveness_endpoint or None,
+        liveness_endpoint=(settings.liveness_endpoint or None) if liveness else None,
     )
+
+
+async def serve(
+    settings: Settings,
+    *,
+    stop_flag: asyncio.Event | None = None,
+    on_lost: Callable[[], None] = _exit_now,
+) -> None:
+    """Run the operator until stopped (signals, or `stop_flag`).
+
+    Without leader election one kopf operator does everything. With it, the admission webhook
+    and the health endpoint run at once on every replica, and reconciliation starts only once
+    this process holds the Lease; `on_lost` runs if it stops holding it.
+    """
+    if not settings.leader_election:
+        await _kopf(settings, build_registry(settings), stop_flag=stop_flag, liveness=True)
+        return
+
+    store = LeaseStore.from_env(settings.lease_namespace, settings.leader_election_name)
+    elector = LeaderElector(
+        store,
+        identity=settings.leader_election_identity or default_identity(),
+        lease_duration_s=settings.leader_election_lease_duration,
+        renew_deadline_s=settings.leader_election_renew_deadline,
+        retry_period_s=settings.leader_election_retry_period,
+    )
+    front_stop, back_stop = asyncio.Event(), asyncio.Event()
+    front = asyncio.create_task(
+        _kopf(
+            settings,
+            build_registry(settings, reconcile=False),
+            stop_flag=front_stop,
+            liveness=True,
+        ),
+        name="kaito admission",
+    )
+
+    async def lead() -> None:
+        await elector.acquire()
+        back = asyncio.create_task(
+            _kopf(
+                settings,
+                build_registry(settings, admission=False),
+                stop_flag=back_stop,
+                liveness=False,
+            ),
+            name="kaito reconcile",
+        )
+        holding = asyncio.create_task(elector.hold(), name="kaito lease renewal")
+        try:
+            await asyncio.wait({back, holding}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if holding.done() and not holding.cancelled() and not back.done():
+                on_lost()
+            holding.cancel()
+            back_stop.set()
+            # kopf's own shutdown stops the daemons; only then may a standby take over.
+            with contextlib.suppress(asyncio.CancelledError):
+                await back
+            await elector.release()
+
+    leading = asyncio.create_task(lead(), name="kaito leader election")
+    waits: set[asyncio.Future[Any]] = {front, leading}
+    stopper: asyncio.Task[bool] | None = None
+    if stop_flag is not None:
+        stopper = asyncio.create_task(stop_flag.wait())
+        waits.add(stopper)
+    try:
+        # Whichever ends first (a signal reaches one kopf operator, lost leadership, the
+        # caller's stop flag) ends the whole process.
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        back_stop.set()
+        # A standby stops trying; a leader stops kopf, then releases the Lease (lead's finally).
+        leading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await leading
+        front_stop.set()
+        await front
+        if stopper is not None:
+            stopper.cancel()
+        await store.close()
 
 
 def run(settings: Settings | None = None, *, log_level: str = "INFO") -> None:

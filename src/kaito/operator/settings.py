@@ -13,6 +13,7 @@ from kaito.manifests.options import (
     ClusterOptions,
     NodeProvisioner,
 )
+from kaito.reconcile.leadership import check_timings
 
 PREFIX = "KAITO_"
 
@@ -83,10 +84,35 @@ class Settings:
         "<namespace>/<name> of the Service in front of the webhook (the chart's); set, the "
         "apiserver calls that Service, else https://<webhook_host>:<webhook_port>.",
     )
+    leader_election: bool = _setting(
+        False,
+        "Reconcile only while holding the Lease leader_election_name (coordination.k8s.io/v1); "
+        "the webhook serves on every replica either way. The chart turns it on.",
+    )
+    leader_election_name: str = _setting("kaito-operator", "Name of the leader-election Lease.")
+    leader_election_namespace: str = _setting(
+        "", "Namespace of the Lease; empty: release_namespace."
+    )
+    leader_election_identity: str = _setting(
+        "", "This candidate's holderIdentity; empty: host (pod) name plus a random suffix."
+    )
+    leader_election_lease_duration: float = _setting(
+        15.0, "Seconds a standby waits after the last renewal it saw before taking over."
+    )
+    leader_election_renew_deadline: float = _setting(
+        10.0, "Seconds the leader keeps failing to renew before it stops (exits the process)."
+    )
+    leader_election_retry_period: float = _setting(
+        2.0, "Seconds between renewals by the leader and attempts by standbys."
+    )
     liveness_endpoint: str = _setting(
         "",
         "kopf's health endpoint for probes, e.g. http://0.0.0.0:8080/healthz; empty: none.",
     )
+
+    @property
+    def lease_namespace(self) -> str:
+        return self.leader_election_namespace or self.release_namespace
 
     def cluster_options(self) -> ClusterOptions:
         return ClusterOptions(
@@ -130,6 +156,14 @@ class Settings:
                 f"{PREFIX}NODE_PROVISIONER={settings.node_provisioner!r}: use one of "
                 f"{', '.join(NODE_PROVISIONERS)}"
             )
+        try:
+            check_timings(
+                settings.leader_election_lease_duration,
+                settings.leader_election_renew_deadline,
+                settings.leader_election_retry_period,
+            )
+        except ValueError as exc:
+            raise SettingsError(f"{PREFIX}LEADER_ELECTION_*: {exc}") from exc
         if settings.cloud_provider not in ("azure", "aws", "arc"):
             raise SettingsError(
                 f"{PREFIX}CLOUD_PROVIDER={settings.cloud_provider!r}: use azure, aws or arc"
