@@ -58,3 +58,45 @@ def test_an_inference_workspace_with_a_weights_image_pulls_it_with_its_secret_in
     projected = volumes["docker-config-weights"]["projected"]["sources"]
     assert projected[0]["secret"]["name"] == "internal-registry"
     assert "--model=/workspace/weights" in spec["containers"][0]["args"]
+
+
+MIRROR = "registry.internal.example/kaito"
+
+
+def test_a_catalog_preset_in_the_operators_preset_registry_is_pulled_by_the_created_pod(
+    api: ApiClient, namespace: str, simulator: Proc, start_operator: StartOperator
+) -> None:
+    # No image in the Workspace: the preset itself names one, because the operator is
+    # configured with a preset registry (chart value presets.registry) and its pull secret.
+    operator = start_operator(preset_registry=MIRROR, preset_pull_secrets="mirror-pull")
+    body = inference_body("catalog", "phi-3-mini-4k-instruct", "Standard_NC24ads_A100_v4")
+    create_workspace(api, namespace, body)
+
+    def pod() -> dict[str, object] | None:
+        try:
+            found: dict[str, object] = api.get(f"/api/v1/namespaces/{namespace}/pods/catalog-0")
+            return found
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    try:
+        created = api.wait_for(pod, timeout_s=120, interval_s=0.5, what="the inference pod")
+    except TimeoutError:
+        raise AssertionError(operator.tail()) from None
+    spec = created["spec"]  # type: ignore[index]
+    puller = spec["initContainers"][0]
+    assert puller["name"] == "weights-puller"
+    image = f"{MIRROR}/kaito-phi-3-mini-4k-instruct:0.2.0"
+    assert puller["command"][3:6] == ["models", "pull", image]
+    assert {"name": "mirror-pull"} in spec["imagePullSecrets"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["weights-cache"]["hostPath"] == {
+        "path": "/var/lib/kaito/weights-cache",
+        "type": "DirectoryOrCreate",
+    }
+    assert {"name": "weights-cache", "mountPath": "/var/cache/kaito"} in puller["volumeMounts"]
+    projected = volumes["docker-config-weights"]["projected"]["sources"]
+    assert projected[0]["secret"]["name"] == "mirror-pull"
+    assert "--model=/workspace/weights" in spec["containers"][0]["args"]

@@ -68,8 +68,23 @@ def presets(
     show_all: bool = typer.Option(False, "--all", help="Include deprecated presets."),
     skus: bool = typer.Option(False, "--skus", help="List GPU instance types instead."),
     cloud: str = typer.Option("azure", help="Cloud for 'Fits on' and --skus: azure, aws, arc."),
+    weights_images: str = typer.Option(
+        "",
+        "--weights-images",
+        metavar="REGISTRY",
+        help="Print `preset hf-id revision image` per preset, the image named in REGISTRY "
+        "(the operator's presets.registry): the list a mirroring script works through.",
+    ),
 ) -> None:
     """List model presets with GPU memory, disk, context, runtimes and tuning support."""
+    if weights_images:
+        # Plain lines rather than a table, so a shell loop can read them.
+        for preset in default_catalog():
+            if (preset.deprecated and not show_all) or (tunable and not preset.supports_tuning):
+                continue
+            image = preset.weights_image_in(weights_images)
+            typer.echo(f"{preset.name} {preset.hf_id} {preset.revision or '-'} {image}")
+        return
     console = Console(width=max(Console().width, 160))
     if skus:
         console.print(_skus_table(cloud))

@@ -300,7 +300,7 @@ def build_pod_template(ctx: WorkspaceContext) -> JSON:
     secrets = _pull_secrets(ctx)
     if secrets:
         spec["imagePullSecrets"] = secrets
-    spec = add_weights_pull(spec, inference.preset if inference else None, ctx.options)
+    spec = add_weights_pull(spec, inference.preset if inference else None, ctx.options, ctx.preset)
     return {"metadata": {"labels": workspace_labels(ctx.workspace)}, "spec": harden_pod_spec(spec)}
 
 

@@ -28,6 +28,10 @@ class ClusterOptions:
     - release_namespace: where the default tuning templates live [kaito-system].
     - vllm_enabled: the vLLM feature gate; off forces the transformers engine [True].
     - tuning_storage: NodeClaim disk for tuning and custom templates [1024Gi].
+    - preset_registry: where presets' weights images live (e.g. a platform team's mirror);
+      set, every preset pulls `<registry>/kaito-<preset>:<tag>` [empty: the catalog's].
+    - preset_pull_secrets: dockerconfigjson Secrets (in each Workspace's namespace) for
+      preset_registry, added to every pod that pulls a catalog weights image [none].
     """
 
     cloud_provider: str = "azure"
@@ -39,6 +43,8 @@ class ClusterOptions:
     release_namespace: str = "kaito-system"
     vllm_enabled: bool = True
     tuning_storage: str = "1024Gi"
+    preset_registry: str = ""
+    preset_pull_secrets: tuple[str, ...] = ()
 
     @property
     def uses_nodeclaims(self) -> bool:

@@ -382,7 +382,7 @@ def build_job(ctx: WorkspaceContext, *, output_dir: str = "/mnt/results") -> JSO
             spec["initContainers"] = inits
         spec["containers"] = [tuner]
     spec["volumes"] = volumes
-    spec = add_weights_pull(spec, tuning.preset, ctx.options)
+    spec = add_weights_pull(spec, tuning.preset, ctx.options, ctx.preset)
     affinity = node_affinity(ctx.match_labels)
     if affinity is not None:
         spec["affinity"] = affinity

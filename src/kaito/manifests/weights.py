@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from kaito.api.workspace import PresetSpec
 from kaito.manifests.common import JSON
 from kaito.manifests.options import ClusterOptions
+from kaito.presets import Preset
 
 WEIGHTS_DIR = "/workspace/weights"
 WEIGHTS_VOLUME = "model-weights-volume"
@@ -32,11 +33,29 @@ class WeightsPull:
     image_pull_secrets: list[JSON]
 
 
-def weights_image(preset: PresetSpec | None) -> tuple[str, list[str]] | None:
-    """(image, pull secrets) when the preset names a weights image (`presetOptions.image`)."""
-    if preset is None or preset.preset_options is None or not preset.preset_options.image:
+def weights_image(
+    preset: PresetSpec | None,
+    catalog_preset: Preset | None = None,
+    options: ClusterOptions | None = None,
+) -> tuple[str, list[str]] | None:
+    """(image, pull secrets) when the workspace's preset names a weights image, else None.
+
+    The workspace's `presetOptions.image` wins; otherwise the catalog preset's image, from
+    the operator's preset registry or the catalog entry (`Preset.weights_image_in`). The
+    secrets are `presetOptions.imagePullSecrets`, plus the operator's preset pull secrets
+    when the image is the catalog's (they belong to that registry).
+    """
+    options = options or ClusterOptions()
+    chosen = preset.preset_options if preset is not None else None
+    secrets = list(chosen.image_pull_secrets or []) if chosen is not None else []
+    if chosen is not None and chosen.image:
+        return chosen.image, secrets
+    if preset is None or catalog_preset is None:
         return None
-    return preset.preset_options.image, list(preset.preset_options.image_pull_secrets or [])
+    image = catalog_preset.weights_image_in(options.preset_registry)
+    if image is None:
+        return None
+    return image, [*secrets, *options.preset_pull_secrets]
 
 
 def build_weights_pull(
@@ -134,9 +153,14 @@ def with_weights_pull(
     return spec
 
 
-def add_weights_pull(pod_spec: JSON, preset: PresetSpec | None, options: ClusterOptions) -> JSON:
-    """The hook the workload builders call: `pod_spec` unchanged unless the preset has an image."""
-    found = weights_image(preset)
+def add_weights_pull(
+    pod_spec: JSON,
+    preset: PresetSpec | None,
+    options: ClusterOptions,
+    catalog_preset: Preset | None = None,
+) -> JSON:
+    """The hook the workload builders call: `pod_spec` unchanged unless a weights image applies."""
+    found = weights_image(preset, catalog_preset, options)
     if found is None:
         return pod_spec
     image, secrets = found

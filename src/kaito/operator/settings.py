@@ -84,6 +84,17 @@ class Settings:
         "<namespace>/<name> of the Service in front of the webhook (the chart's); set, the "
         "apiserver calls that Service, else https://<webhook_host>:<webhook_port>.",
     )
+    preset_registry: str = _setting(
+        "",
+        "Registry (and path) holding presets' weights images, e.g. a mirror such as "
+        "registry.internal.example/kaito; set, every preset pulls "
+        "<registry>/kaito-<preset>:<tag> (docs/weights.md). Empty: the catalog's images.",
+    )
+    preset_pull_secrets: str = _setting(
+        "",
+        "Comma-separated dockerconfigjson Secret names for preset_registry; each must exist "
+        "in the Workspace's namespace.",
+    )
     leader_election: bool = _setting(
         False,
         "Reconcile only while holding the Lease leader_election_name (coordination.k8s.io/v1); "
@@ -124,6 +135,10 @@ class Settings:
             node_class_name=self.node_class_name,
             release_namespace=self.release_namespace,
             vllm_enabled=self.feature_vllm,
+            preset_registry=self.preset_registry.rstrip("/"),
+            preset_pull_secrets=tuple(
+                name for name in (n.strip() for n in self.preset_pull_secrets.split(",")) if name
+            ),
         )
 
     @classmethod
@@ -167,6 +182,11 @@ class Settings:
         if settings.cloud_provider not in ("azure", "aws", "arc"):
             raise SettingsError(
                 f"{PREFIX}CLOUD_PROVIDER={settings.cloud_provider!r}: use azure, aws or arc"
+            )
+        if "://" in settings.preset_registry or " " in settings.preset_registry:
+            raise SettingsError(
+                f"{PREFIX}PRESET_REGISTRY={settings.preset_registry!r}: give a registry host "
+                "and optional path without a scheme, e.g. registry.internal.example/kaito"
             )
         return settings
 

@@ -16,6 +16,10 @@ Runtime = Literal["vllm", "transformers"]
 TuningMethod = Literal["lora", "qlora"]
 RUNTIMES: tuple[Runtime, ...] = ("vllm", "transformers")
 GIB = 1024**3
+# Upstream names preset images `<registry>/kaito-<preset>:<tag>`; a mirror keeps that layout.
+WEIGHTS_REPOSITORY_PREFIX = "kaito-"
+# For presets the catalog gives no image tag (upstream published no image for them).
+DEFAULT_WEIGHTS_TAG = "latest"
 
 
 class CatalogError(ValueError):
@@ -61,6 +65,9 @@ class Preset:
     transformers_args: Mapping[str, str] = field(default_factory=dict)
     vllm_args: Mapping[str, str] = field(default_factory=dict)
     tuning: TuningSupport | None = None
+    # A weights image (kaito models package) for this preset, used when the operator names
+    # no preset registry; None: the weights come from `source` (the hub, or the runtime image).
+    weights_image: str | None = None
 
     @property
     def supports_tuning(self) -> bool:
@@ -84,6 +91,23 @@ class Preset:
     def startup_timeout_minutes(self) -> int:
         """15 min + 18 s per GiB of weights, clamped to 30-180 min (upstream's probe budget)."""
         return int(min(180, max(30, 15 + math.ceil(18 * self.weights_gib / 60))))
+
+    @property
+    def weights_tag(self) -> str:
+        """The tag of this preset's image in a preset registry: `tag`, else `latest`."""
+        return self.tag or DEFAULT_WEIGHTS_TAG
+
+    def weights_image_in(self, registry: str = "") -> str | None:
+        """The weights image pods pull for this preset, or None to keep `source`.
+
+        With a preset registry (the operator's `preset_registry`, e.g. a platform team's
+        mirror) every preset is `<registry>/kaito-<name>:<weights_tag>`, upstream's naming;
+        without one, the catalog's own `weights_image`, if any.
+        """
+        registry = registry.strip().rstrip("/")
+        if registry:
+            return f"{registry}/{WEIGHTS_REPOSITORY_PREFIX}{self.name}:{self.weights_tag}"
+        return self.weights_image
 
     def supports_runtime(self, runtime: str) -> bool:
         return runtime in self.runtimes
@@ -132,6 +156,7 @@ def preset_from_dict(data: Mapping[str, Any]) -> Preset:
             allow_lora=bool(data.get("allow_lora", True)),
             transformers_args=_str_map(data.get("transformers_args")),
             vllm_args=_str_map(data.get("vllm_args")),
+            weights_image=str(data["weights_image"]) if data.get("weights_image") else None,
             tuning=(
                 TuningSupport(
                     methods=_tuple(tuning["methods"]),

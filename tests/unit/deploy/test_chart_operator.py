@@ -35,6 +35,8 @@ def test_values_reach_the_operator_settings() -> None:
                     "reconcile.resyncSeconds": 60,
                     "webhook.hostOverride": "127.0.0.1",
                     "webhook.port": 10443,
+                    "presets.registry": "registry.internal.example/kaito",
+                    "presets.pullSecrets": ["internal-registry", "backup"],
                 }
             )
         )
@@ -44,6 +46,9 @@ def test_values_reach_the_operator_settings() -> None:
     assert settings.feature_vllm is False
     assert settings.runtime_image == "registry.example/kaito/runtime:1.2.3"
     assert settings.resync_seconds == 60.0
+    options = settings.cluster_options()
+    assert options.preset_registry == "registry.internal.example/kaito"
+    assert options.preset_pull_secrets == ("internal-registry", "backup")
     # A local operator is called at the override, not through the Service.
     assert (settings.webhook_host, settings.webhook_service, settings.webhook_port) == (
         "127.0.0.1",

@@ -37,3 +37,13 @@ def test_all_shows_deprecated_presets() -> None:
 def test_skus_lists_instance_types_of_one_cloud() -> None:
     out = run("--skus", "--cloud", "aws")
     assert "p5.48xlarge" in out and "Standard_NC6s_v3" not in out
+
+
+def test_weights_images_lists_each_preset_with_its_image_in_a_registry() -> None:
+    lines = run("--weights-images", "registry.internal.example/kaito").splitlines()
+    assert (
+        "phi-3-mini-4k-instruct microsoft/Phi-3-mini-4k-instruct 0a67737cc96d "
+        "registry.internal.example/kaito/kaito-phi-3-mini-4k-instruct:0.2.0"
+    ) in lines
+    assert all(len(line.split()) == 4 for line in lines)
+    assert not any(line.startswith("phi-2 ") for line in lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from kaito.api.workspace import parse_workspace
@@ -19,6 +20,8 @@ from kaito.manifests.weights import (
     weights_image,
     with_weights_pull,
 )
+from kaito.presets import Preset, default_catalog
+from kaito.presets.catalog import preset_from_dict
 from tests.unit.controller.builders import (
     OPTIONS,
     inference_workspace,
@@ -139,3 +142,85 @@ def test_workspaces_without_a_weights_image_get_no_pull_stage() -> None:
     spec = build_statefulset(ctx)["spec"]["template"]["spec"]
     assert INIT_NAME not in [c["name"] for c in spec.get("initContainers", [])]
     assert "weights-cache" not in [v["name"] for v in spec["volumes"]]
+
+
+MIRROR = "registry.internal.example/kaito"
+MIRRORED = ClusterOptions(preset_registry=MIRROR, preset_pull_secrets=("mirror-pull",))
+
+
+def _catalog_preset(name: str, **changes: Any) -> Preset:
+    preset = default_catalog().get(name)
+    assert preset is not None
+    return replace(preset, **changes)
+
+
+def test_a_preset_registry_names_an_image_for_every_preset_upstreams_way() -> None:
+    tagged = _catalog_preset("phi-3-mini-4k-instruct", tag="0.2.0")
+    untagged = _catalog_preset("smollm2-135m-instruct", tag=None)
+    assert tagged.weights_image_in(MIRROR + "/") == f"{MIRROR}/kaito-phi-3-mini-4k-instruct:0.2.0"
+    assert untagged.weights_image_in(MIRROR) == f"{MIRROR}/kaito-smollm2-135m-instruct:latest"
+    assert all(p.weights_image_in(MIRROR) for p in default_catalog())
+
+
+def test_without_a_registry_only_a_catalog_entry_with_its_own_image_names_one() -> None:
+    assert all(p.weights_image_in("") is None for p in default_catalog())
+    own = _catalog_preset("phi-3-mini-4k-instruct", weights_image=IMAGE)
+    assert own.weights_image_in("") == IMAGE
+    assert own.weights_image_in(MIRROR) == f"{MIRROR}/kaito-phi-3-mini-4k-instruct:0.2.0"
+
+
+def test_the_catalog_reads_a_weights_image_from_an_entry() -> None:
+    entry = {
+        "name": "tiny",
+        "hf_id": "example/tiny",
+        "weights_gib": 1,
+        "disk_gib": 1,
+        "context_length": 1024,
+        "bytes_per_token": 1,
+        "runtimes": ["transformers"],
+        "weights_image": IMAGE,
+    }
+    assert preset_from_dict(entry).weights_image == IMAGE
+    assert preset_from_dict({**entry, "weights_image": None}).weights_image is None
+
+
+def test_a_catalog_image_comes_with_the_workspace_and_the_operator_secrets() -> None:
+    workspace = _workspace(imagePullSecrets=["acr"])
+    preset = _catalog_preset(workspace.inference.preset.name)
+    found = weights_image(workspace.inference.preset, preset, MIRRORED)
+    assert found == (preset.weights_image_in(MIRROR), ["acr", "mirror-pull"])
+
+
+def test_the_workspaces_own_image_wins_over_the_catalogs() -> None:
+    workspace = _workspace(image=IMAGE, imagePullSecrets=["acr"])
+    preset = _catalog_preset(workspace.inference.preset.name)
+    assert weights_image(workspace.inference.preset, preset, MIRRORED) == (IMAGE, ["acr"])
+
+
+def test_an_inference_workspace_on_a_mirrored_preset_pulls_it_with_secret_and_cache() -> None:
+    ctx = resolve(parse_workspace(stored(inference_workspace())), MIRRORED)
+    assert ctx.preset is not None
+    image = ctx.preset.weights_image_in(MIRROR)
+    assert image is not None and image.startswith(f"{MIRROR}/kaito-{ctx.preset.name}:")
+    spec = build_statefulset(ctx)["spec"]["template"]["spec"]
+    puller = spec["initContainers"][0]
+    assert puller["name"] == INIT_NAME and puller["command"][5] == image
+    assert puller["command"][-2:] == ["--docker-config-dir", SECRETS_DIR]
+    assert {"name": "mirror-pull"} in spec["imagePullSecrets"]
+    cache = next(v for v in spec["volumes"] if v["name"] == "weights-cache")
+    assert cache["hostPath"]["path"] == CACHE_HOST_PATH
+    assert f"--model={WEIGHTS_DIR}" in spec["containers"][0]["args"]
+
+
+def test_a_tuning_job_on_a_mirrored_preset_tunes_the_pulled_weights() -> None:
+    ctx = resolve(parse_workspace(stored(tuning_workspace())), MIRRORED)
+    assert ctx.preset is not None
+    spec = build_job(ctx)["spec"]["template"]["spec"]
+    puller = spec["initContainers"][0]
+    assert puller["name"] == INIT_NAME
+    assert puller["command"][5] == ctx.preset.weights_image_in(MIRROR)
+    assert {"name": "mirror-pull"} in spec["imagePullSecrets"]
+    assert "weights-cache" in {v["name"] for v in spec["volumes"]}
+    everything = [*spec["initContainers"][1:], *spec["containers"]]
+    tuner = next(c for c in everything if any(str(a).startswith("--model=") for a in c["args"]))
+    assert f"--model={WEIGHTS_DIR}" in tuner["args"]
