@@ -35,3 +35,15 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "kaito.runtimeImage" -}}
 {{- printf "%s:%s" .Values.runtime.repository (default .Chart.AppVersion .Values.runtime.tag) -}}
 {{- end -}}
+
+{{- define "kaito.leaseName" -}}
+{{- printf "%s-leader" (include "kaito.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+"true" when several operator pods may run at once: the Lease gates reconciling, and every pod
+serves the webhook with the same certificate (cert-manager's Secret) or there is no webhook.
+*/}}
+{{- define "kaito.multiReplicaSafe" -}}
+{{- and .Values.leaderElection.enabled (or (not .Values.webhook.enabled) .Values.webhook.certManager.enabled) -}}
+{{- end -}}

@@ -7,6 +7,7 @@ import subprocess
 from types import ModuleType
 from typing import Any
 
+import pytest
 import yaml
 
 from kaito.presets.validation import default_config_maps
@@ -73,22 +74,41 @@ def test_helm_lint_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_more_than_one_replica_is_refused_until_the_operator_peers() -> None:
-    helm = require_helm()
-    result = subprocess.run(
-        [
-            str(helm),
-            "template",
-            "kaito",
-            str(CHART),
-            "--kube-version=1.34.4",
-            "--set",
-            "replicaCount=2",
-        ],
+def helm_template(*flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(require_helm()), "template", "kaito", str(CHART), "--kube-version=1.34.4", *flags],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_more_than_one_replica_is_refused_without_leader_election() -> None:
+    result = helm_template("--set", "replicaCount=2", "--set", "leaderElection.enabled=false")
     assert result.returncode != 0
-    assert "replicaCount > 1" in result.stderr
+    assert "replicaCount > 1 needs leaderElection.enabled=true" in result.stderr
+
+
+def test_more_than_one_replica_with_the_webhook_needs_a_shared_certificate() -> None:
+    result = helm_template("--set", "replicaCount=2")
+    assert result.returncode != 0
+    assert "webhook.certManager.enabled=true" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ("--set", "webhook.certManager.enabled=true"),
+        ("--set", "webhook.enabled=false"),
+    ],
+)
+def test_more_replicas_with_leader_election_roll_without_a_gap(flags: tuple[str, str]) -> None:
+    result = helm_template("--set", "replicaCount=3", *flags)
+    assert result.returncode == 0, result.stderr
+    deployment = next(
+        doc for doc in yaml.safe_load_all(result.stdout) if doc and doc["kind"] == "Deployment"
+    )
+    assert deployment["spec"]["replicas"] == 3
+    # Old and new pods overlap safely: the Lease keeps one reconciling.
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"

@@ -1,4 +1,4 @@
-"""The operator's ClusterRole grants exactly the verbs and resources the code uses."""
+"""The operator's ClusterRole and leader-election Role grant exactly what the code uses."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import kaito.k8s.client
+import kaito.k8s.lease
 import kaito.manifests
 import kaito.reconcile.planner
 from kaito.k8s import resources
@@ -76,6 +77,26 @@ def direct_calls() -> Iterator[Permission]:
             yield group, plural, verb
 
 
+# lightkube method -> RBAC verb for kaito.k8s.lease, whose every API call is on the one Lease.
+LEASE_VERBS = {"get": "get", "create": "create", "replace": "update", "close": None}
+
+
+def lease_calls() -> Iterator[Permission]:
+    """The calls kaito.k8s.lease makes on its client (`self.client.<method>(...)`)."""
+    tree = ast.parse(inspect.getsource(kaito.k8s.lease))
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Attribute)
+            and node.func.value.attr == "client"
+        ):
+            # A KeyError here is a new kind of call: add its verb, then the chart's Role.
+            verb = LEASE_VERBS[node.func.attr]
+            if verb is not None:
+                yield "coordination.k8s.io", "leases", verb
+
+
 def applied_kinds() -> Iterator[Permission]:
     """Kube.apply is server-side apply (patch; create when the object is new) of built objects."""
     for path in sorted(Path(kaito.manifests.__file__).parent.glob("*.py")):
@@ -139,6 +160,10 @@ def granted(values: dict[str, Any] | None = None) -> set[Permission]:
     }
 
 
+def lease_role(values: dict[str, Any] | None = None) -> dict[str, Any]:
+    return find(render(values), "Role", "kaito-leader")
+
+
 def test_the_scan_sees_the_calls_it_should() -> None:
     used = used_by_the_code()
     assert ("", "events", "create") in used
@@ -178,3 +203,55 @@ def test_with_cert_manager_the_operator_cannot_touch_webhook_configurations() ->
 
 def test_the_operator_has_no_access_to_secrets() -> None:
     assert not [g for g in granted() if g[1] == "secrets"]
+
+
+def test_the_lease_role_grants_exactly_what_leader_election_calls() -> None:
+    used = set(lease_calls())
+    assert used == {
+        ("coordination.k8s.io", "leases", "get"),
+        ("coordination.k8s.io", "leases", "create"),
+        ("coordination.k8s.io", "leases", "update"),
+    }
+    role = lease_role()
+    grants = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert sorted(grants ^ used) == []
+    # The cluster-wide role holds nothing for leases: the Role is in the release namespace only.
+    assert not [g for g in granted() if g[1] == "leases"]
+
+
+def test_the_lease_role_reaches_only_the_operators_lease_and_is_bound_to_its_account() -> None:
+    objects = render(namespace="kaito-system")
+    role = find(objects, "Role", "kaito-leader")
+    assert role["metadata"]["namespace"] == "kaito-system"
+    deployment = find(objects, "Deployment")
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["KAITO_LEADER_ELECTION"] == "true"
+    assert env["KAITO_LEADER_ELECTION_NAMESPACE"] == "kaito-system"
+    lease = env["KAITO_LEADER_ELECTION_NAME"]
+    for rule in role["rules"]:
+        # create cannot name its object (RBAC checks it before it exists); the rest can.
+        assert rule.get("resourceNames") == (None if rule["verbs"] == ["create"] else [lease])
+    binding = find(objects, "RoleBinding", "kaito-leader")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "kaito-leader",
+    }
+    account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account, "namespace": "kaito-system"}
+    ]
+
+
+def test_without_leader_election_there_is_no_lease_role() -> None:
+    objects = render({"leaderElection.enabled": False})
+    assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding")]
