@@ -30,6 +30,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HOME=/home/kaito
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # CUDA bases are Ubuntu without a Python venv module; the slim base already has Python 3.11.
+# Unpinned apt versions (DL3008): the package versions differ between the slim and CUDA bases.
 # hadolint ignore=DL3008
 RUN if ! command -v python3 >/dev/null || ! python3 -m venv --help >/dev/null 2>&1; then \
       apt-get update \
