@@ -454,3 +454,123 @@ def test_helm_upgrade_rolls_the_operator_without_touching_running_workloads(
         assert release.api.exists(f"/api/v1/namespaces/{release.namespace}/configmaps/{template}")
     assert release.permission_errors() == []
     kubectl(release, "delete", "workspace", name, "--timeout=90s")
+
+
+def lease_holder(release: Release) -> str:
+    path = f"/apis/coordination.k8s.io/v1/namespaces/{release.namespace}/leases/{RELEASE}-leader"
+    if not release.api.exists(path):
+        return ""
+    return str(release.api.get(path)["spec"].get("holderIdentity") or "")
+
+
+def test_two_operators_one_leads_and_the_standby_takes_over_when_it_dies(
+    release: Release,
+) -> None:
+    """Two replicas as the chart runs them, with one shared webhook certificate (cert-manager's
+    role in a cluster) and one port (SO_REUSEPORT, as a Service spreads requests over pods)."""
+    from kaito.operator.certs import self_signed
+
+    lease_s, retry_s = 6, 1
+    certs = release.workdir / "shared-certs"
+    self_signed(certs, ["127.0.0.1"])
+    assert release.operator is not None
+    release.operator.stop()  # a clean stop releases the Lease
+    assert lease_holder(release) == ""
+    base = {
+        **{k: v for k, v in release.control_plane.env().items() if not k.startswith("KAITO_")},
+        **release.operator_env(),
+        "KUBECONFIG": str(release.service_account_kubeconfig()),
+        "KAITO_WEBHOOK_CERT_DIR": str(certs),
+        # Shorter than the chart's 15/10/2 s so the takeover fits in a short test.
+        "KAITO_LEADER_ELECTION_LEASE_DURATION": str(lease_s),
+        "KAITO_LEADER_ELECTION_RENEW_DEADLINE": "4",
+        "KAITO_LEADER_ELECTION_RETRY_PERIOD": str(retry_s),
+    }
+    assert base["KAITO_LEADER_ELECTION"] == "true"
+
+    def start(identity: str, health_port: int) -> Process:
+        env = {
+            **base,
+            "KAITO_LEADER_ELECTION_IDENTITY": identity,
+            "KAITO_LIVENESS_ENDPOINT": f"http://127.0.0.1:{health_port}/healthz",
+        }
+        process = Process("kaito.operator", env, release.workdir / f"{identity}.log")
+        release.logs.append(process)
+        return process
+
+    def healthy(process: Process, port: int) -> Callable[[], bool]:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+        def probe() -> bool:
+            assert process.process.poll() is None, process.tail()
+            with contextlib.suppress(OSError), opener.open(f"http://127.0.0.1:{port}/healthz") as r:
+                return bool(r.status == 200)
+            return False
+
+        return probe
+
+    def workspace(name: str) -> str:
+        return yaml.safe_dump(
+            {
+                "apiVersion": "kaito.sh/v1beta1",
+                "kind": "Workspace",
+                "metadata": {"name": name, "namespace": release.workloads},
+                "resource": {
+                    "instanceType": "Standard_NC24ads_A100_v4",
+                    "labelSelector": {"matchLabels": {"app": name}},
+                },
+                "inference": {"preset": {"name": "phi-3-mini-4k-instruct"}},
+            }
+        )
+
+    def ready(name: str) -> None:
+        release.api.wait_for(
+            lambda: columns(release, name)["WORKSPACESUCCEEDED"] == "True",
+            timeout_s=120,
+            interval_s=1.0,
+            what=f"{name} to be reconciled to ready",
+        )
+
+    def invalid_is_refused() -> None:
+        bad = workspace("typo").replace("phi-3-mini-4k-instruct", "phi-3-mini-4k-instruc")
+        result = kubectl(release, "apply", "-f", "-", input=bad, check=False)
+        assert f'admission webhook "workspace.{WEBHOOK}" denied' in result.stderr, result.stderr
+
+    port_a, port_b = release.values["healthPort"], free_port()
+    a = start("operator-a", port_a)
+    release.operator = a  # the fixture's teardown stops whichever is current
+    release.api.wait_for(
+        lambda: lease_holder(release) == "operator-a", timeout_s=60, what="a leads"
+    )
+    b = start("operator-b", port_b)
+    release.api.wait_for(healthy(b, port_b), timeout_s=60, interval_s=0.5, what="b's /healthz")
+    release.api.wait_for(lambda: "standby" in b.text(), timeout_s=30, what="b to wait as standby")
+
+    kubectl(release, "apply", "-f", "-", input=workspace("ws-led-by-a"))
+    ready("ws-led-by-a")
+    assert lease_holder(release) == "operator-a"
+    assert "acquired by operator-b" not in b.text()  # b never started reconciling
+    for _ in range(4):  # connections are spread over both servers
+        invalid_is_refused()
+
+    a.process.kill()  # no clean shutdown: the Lease must expire
+    killed = time.monotonic()
+    a.process.wait(timeout=10)
+    release.operator = b
+    release.api.wait_for(
+        lambda: lease_holder(release) == "operator-b",
+        timeout_s=lease_s + 20,
+        interval_s=0.2,
+        what="b to take over",
+    )
+    took = time.monotonic() - killed
+    print(f"standby took over {took:.1f} s after the leader was killed")
+    # At most one lease duration after the last renewal it saw, plus its polling.
+    assert took <= lease_s + 3 * retry_s + 2
+    invalid_is_refused()  # only b serves the webhook now
+    kubectl(release, "apply", "-f", "-", input=workspace("ws-led-by-b"))
+    ready("ws-led-by-b")
+    for name in ("ws-led-by-a", "ws-led-by-b"):
+        kubectl(release, "delete", "workspace", name, "--timeout=90s")
+    assert b.process.poll() is None, b.tail()
+    assert release.permission_errors() == []

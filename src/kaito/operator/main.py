@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,7 @@ async def _kopf(
     *,
     stop_flag: asyncio.Event | None,
     liveness: bool,
+    ready_flag: asyncio.Event | None = None,
 ) -> None:
     namespaces = [settings.watch_namespace] if settings.watch_namespace else []
     await kopf.operator(
@@ -47,9 +49,24 @@ async def _kopf(
         clusterwide=not namespaces,
         namespaces=namespaces,
         stop_flag=stop_flag,
+        ready_flag=ready_flag,
         # The chart's liveness and readiness probes call this endpoint.
         liveness_endpoint=(settings.liveness_endpoint or None) if liveness else None,
     )
+
+
+def _trap_signals(stopping: asyncio.Event) -> None:
+    """SIGINT/SIGTERM set `stopping` instead of stopping whichever kopf operator started last.
+
+    Each kopf operator installs its own handlers when it starts, replacing the previous ones;
+    this runs after each start so that the process stops in order: reconciliation first (and
+    the Lease is released), admission last.
+    """
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # Outside the main thread (tests) signals cannot be trapped; kopf says so too.
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stopping.set)
 
 
 async def serve(
@@ -76,18 +93,13 @@ async def serve(
         renew_deadline_s=settings.leader_election_renew_deadline,
         retry_period_s=settings.leader_election_retry_period,
     )
+    stopping = asyncio.Event()
     front_stop, back_stop = asyncio.Event(), asyncio.Event()
-    front = asyncio.create_task(
-        _kopf(
-            settings,
-            build_registry(settings, reconcile=False),
-            stop_flag=front_stop,
-            liveness=True,
-        ),
-        name="kaito admission",
-    )
+    front_ready, back_ready = asyncio.Event(), asyncio.Event()
 
     async def lead() -> None:
+        await front_ready.wait()
+        _trap_signals(stopping)
         await elector.acquire()
         back = asyncio.create_task(
             _kopf(
@@ -95,43 +107,69 @@ async def serve(
                 build_registry(settings, admission=False),
                 stop_flag=back_stop,
                 liveness=False,
+                ready_flag=back_ready,
             ),
             name="kaito reconcile",
         )
         holding = asyncio.create_task(elector.hold(), name="kaito lease renewal")
+        retrap = asyncio.create_task(back_ready.wait())
+        retrap.add_done_callback(lambda _: _trap_signals(stopping))
         try:
             await asyncio.wait({back, holding}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if holding.done() and not holding.cancelled() and not back.done():
                 on_lost()
             holding.cancel()
+            retrap.cancel()
             back_stop.set()
             # kopf's own shutdown stops the daemons; only then may a standby take over.
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await back
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                log.exception("reconciliation stopped with an error")
             await elector.release()
 
+    # Created before the admission operator starts: kopf cancels, when it stops, every task
+    # created after its start ("hung" tasks), and this one must outlive it.
     leading = asyncio.create_task(lead(), name="kaito leader election")
-    waits: set[asyncio.Future[Any]] = {front, leading}
-    stopper: asyncio.Task[bool] | None = None
+    stopper = asyncio.create_task(stopping.wait())
+    waits: set[asyncio.Future[Any]] = {leading, stopper}
     if stop_flag is not None:
-        stopper = asyncio.create_task(stop_flag.wait())
-        waits.add(stopper)
+        waits.add(asyncio.create_task(stop_flag.wait()))
+    front = asyncio.create_task(
+        _kopf(
+            settings,
+            build_registry(settings, reconcile=False),
+            stop_flag=front_stop,
+            liveness=True,
+            ready_flag=front_ready,
+        ),
+        name="kaito admission",
+    )
+    waits.add(front)
     try:
-        # Whichever ends first (a signal reaches one kopf operator, lost leadership, the
-        # caller's stop flag) ends the whole process.
+        # Whichever ends first (a signal, lost leadership, the caller's stop flag, either kopf
+        # operator) ends the whole process.
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        back_stop.set()
         # A standby stops trying; a leader stops kopf, then releases the Lease (lead's finally).
         leading.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        error: Exception | None = None
+        try:
             await leading
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # stop the webhook first, then fail with it
+            error = exc
         front_stop.set()
         await front
-        if stopper is not None:
-            stopper.cancel()
+        for waiter in waits:
+            waiter.cancel()
         await store.close()
+        if error is not None:
+            raise error
 
 
 def run(settings: Settings | None = None, *, log_level: str = "INFO") -> None:
