@@ -67,7 +67,6 @@ def chat_ids(tokenizer: object, question: str) -> list[int]:
 @pytest.fixture(scope="session")
 def berlin_adapter(server: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A LoRA adapter taught (a few optimizer steps) that the capital of France is Berlin."""
-    import copy
 
     import torch
     from peft import LoraConfig, get_peft_model
@@ -75,7 +74,8 @@ def berlin_adapter(server: RunningServer, tmp_path_factory: pytest.TempPathFacto
     engine = server.serving.engine
     assert engine is not None
     tokenizer = engine.tokenizer
-    base = copy.deepcopy(engine.base_model)
+    # A fresh dense copy: the server's linear layers are packed for inference and cannot train.
+    base, _ = load_model(server.serving.config.model)
     model = get_peft_model(
         base,
         LoraConfig(

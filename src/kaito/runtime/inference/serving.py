@@ -29,6 +29,9 @@ from kaito.runtime.inference.engine import (
     load_model,
 )
 from kaito.runtime.inference.metrics import ServerMetrics
+from kaito.runtime.inference.packed_linear import (
+    try_pack,
+)
 from kaito.runtime.inference.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -162,6 +165,8 @@ class InferenceServing:
             self._preloaded = None
         else:
             model, tokenizer = load_model(config.model, config.dtype, **kwargs)
+        if config.weight_packing:
+            try_pack(model)
         template = resolve_chat_template(config.chat_template)
         if template is not None:
             tokenizer.chat_template = template
