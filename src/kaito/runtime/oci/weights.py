@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from kaito.runtime.oci.blobs import BlobClient, sha256_file
+from kaito.runtime.oci.blobs import RANGE_BUFFER, BlobClient, sha256_file
 from kaito.runtime.oci.image import (
     MEDIA_MANIFEST,
     ImageReference,
@@ -41,6 +41,7 @@ EXCLUDED_DIRS = ("original", "metal")
 DEFAULT_CHUNK = 32 << 20
 DEFAULT_WORKERS = 4
 PROGRESS_EVERY = 8 << 20
+HASH_STEP = 8 << 20
 
 
 class WeightsError(ValueError):
@@ -304,11 +305,13 @@ class _Partial:
         self.fd = os.open(self.data, os.O_RDWR)
         self._lock = threading.Lock()
         self._unsaved = 0
-        # The digest is computed while the download runs: whatever prefix is complete gets
-        # hashed from the page cache, so little is left to hash once the last range lands.
+        # The digest is computed while the download runs: the range at the hash frontier is
+        # hashed from the download buffer as it arrives, and a prefix that other ranges
+        # completed is read back from the page cache, so little is left at the end.
         self._hasher = hashlib.sha256()
         self._hashed = 0
         self._hash_lock = threading.Lock()
+        self._hash_buffer: bytearray | None = None
 
     def reset(self) -> None:
         self.done = {}
@@ -338,27 +341,47 @@ class _Partial:
         if not self._hash_lock.acquire(blocking=wait):
             return
         try:
-            limit = self._frontier()
-            while self._hashed < limit:
-                block = os.pread(self.fd, min(4 << 20, limit - self._hashed), self._hashed)
-                if not block:
-                    break
-                self._hasher.update(block)
-                self._hashed += len(block)
+            self._catch_up()
         finally:
             self._hash_lock.release()
+
+    def _catch_up(self) -> None:
+        limit = self._frontier()
+        if self._hashed >= limit:
+            return
+        if self._hash_buffer is None:
+            self._hash_buffer = bytearray(HASH_STEP)
+        view = memoryview(self._hash_buffer)
+        while self._hashed < limit:
+            count = os.preadv(self.fd, [view[: min(HASH_STEP, limit - self._hashed)]], self._hashed)
+            if not count:
+                break
+            self._hasher.update(view[:count])
+            self._hashed += count
 
     def digest_matches(self) -> bool:
         self.hash_ready(wait=True)
         return self._hashed == self.size and "sha256:" + self._hasher.hexdigest() == self.digest
 
-    def write(self, chunk_start: int, offset: int, data: bytes) -> None:
-        os.pwrite(self.fd, data, offset)
+    def write(self, chunk_start: int, offset: int, data: memoryview) -> None:
+        """Write `data` at `offset` (inside the chunk at `chunk_start`) and record it."""
+        written = 0
+        while written < len(data):
+            written += os.pwrite(self.fd, data[written:], offset + written)
         with self._lock:
             self.done[chunk_start] = offset + len(data) - chunk_start
             self._unsaved += len(data)
             if self._unsaved >= PROGRESS_EVERY:
                 self._save()
+        # At the frontier the bytes are hashed from the buffer still in hand, not read back;
+        # a thread that finds the hasher busy or behind leaves it to the catch-up.
+        if self._hashed == offset and self._hash_lock.acquire(blocking=False):
+            try:
+                if self._hashed == offset:
+                    self._hasher.update(data)
+                    self._hashed += len(data)
+            finally:
+                self._hash_lock.release()
 
     def _save(self) -> None:
         # Progress is written after the bytes it describes, so a crash can only under-report.
@@ -508,23 +531,29 @@ def _download(
     result.resumed_bytes += sum(p.resumed for p in partials)
     counter = threading.Lock()
 
+    buffers = threading.local()
+
     def fetch(partial: _Partial, start: int, end: int) -> None:
+        # One reusable buffer per worker thread: the socket reads into it, the file and the
+        # hasher take it from there.
+        buffer = getattr(buffers, "view", None)
+        if buffer is None:
+            buffer = buffers.view = memoryview(bytearray(RANGE_BUFFER))
+
+        def sink(offset: int, data: memoryview) -> None:
+            partial.write(start, offset, data)
+            with counter:
+                result.downloaded_bytes += len(data)
+
         for attempt in range(1, attempts + 1):
             offset = start + partial.done.get(start, 0)
             if offset >= end:
                 return
-            position = [offset]
-
-            def sink(data: bytes, position: list[int] = position) -> None:
-                partial.write(start, position[0], data)
-                position[0] += len(data)
-                with counter:
-                    result.downloaded_bytes += len(data)
-
             try:
-                client.download(partial.digest, sink, start=offset, end=end)
+                client.read_range(partial.digest, offset, end, buffer, sink)
                 if start + partial.done.get(start, 0) < end:
-                    raise RegistryError(f"blob {partial.digest}: short read at {position[0]}")
+                    have = start + partial.done.get(start, 0)
+                    raise RegistryError(f"blob {partial.digest}: short read at {have}")
                 partial.hash_ready()
                 return
             except Exception as exc:
