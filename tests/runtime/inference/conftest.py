@@ -67,6 +67,7 @@ def chat_ids(tokenizer: object, question: str) -> list[int]:
 @pytest.fixture(scope="session")
 def berlin_adapter(server: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A LoRA adapter taught (a few optimizer steps) that the capital of France is Berlin."""
+    import copy
 
     import torch
     from peft import LoraConfig, get_peft_model
@@ -74,8 +75,7 @@ def berlin_adapter(server: RunningServer, tmp_path_factory: pytest.TempPathFacto
     engine = server.serving.engine
     assert engine is not None
     tokenizer = engine.tokenizer
-    # A fresh dense copy: the server's linear layers are packed for inference and cannot train.
-    base, _ = load_model(server.serving.config.model)
+    base = copy.deepcopy(engine.base_model)
     model = get_peft_model(
         base,
         LoraConfig(
