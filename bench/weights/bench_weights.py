@@ -11,6 +11,9 @@ Runs, in one invocation against a registry on 127.0.0.1 (Debian's docker-registr
 4. time to a ready inference server (kaito.runtime.inference.server.start_server), after one
    throwaway start: pull from an empty cache then start, against pull from the warm node
    cache then start.
+Every throughput run records its wall time, this process's CPU seconds, its children's (the
+registry, and the proxy on the capped link) and the share of the machine's CPU that other
+jobs took meanwhile: on a shared 2-core machine the loopback ratio is a CPU budget question.
 Prints a markdown table and writes JSON next to this file.
 
     ~/.cache/kaito/venv/bin/python bench/weights/bench_weights.py [--repeats 3] [--workers 4]
@@ -75,22 +78,74 @@ def timed(action: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
+def _children_cpu_s() -> float:
+    """CPU seconds of this process's children so far (the registry, a proxy), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid():
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def measured(action: Callable[[], Any]) -> dict[str, float]:
+    """Wall seconds, this process's and its children's CPU seconds, and the CPU the rest of
+    the machine took meanwhile (other jobs share these cores), for one run."""
+    busy0, total0 = _machine_ticks()
+    cpu0, children0 = time.process_time(), _children_cpu_s()
+    wall = timed(action)
+    client, server = time.process_time() - cpu0, _children_cpu_s() - children0
+    busy1, total1 = _machine_ticks()
+    ticks = os.sysconf("SC_CLK_TCK")
+    others = max(0.0, (busy1 - busy0) / ticks - client - server)
+    capacity = (total1 - total0) / ticks
+    return {
+        "s": wall,
+        "client_cpu_s": client,
+        "registry_cpu_s": server,
+        "others_cpu_share": others / capacity if capacity else 0.0,
+    }
+
+
 def throughput(ref: str, work: Path, repeats: int, workers: int, chunk: int) -> dict[str, Any]:
-    seq, par = [], []
-    size = 0
+    seq: list[dict[str, float]] = []
+    par: list[dict[str, float]] = []
+    size = sum(size for _, _, size in weight_layers(fetch_manifest(ref)[0]))
     for index in range(repeats):
         for kind in ("sequential", "parallel") if index % 2 == 0 else ("parallel", "sequential"):
             shutil.rmtree(work, ignore_errors=True)
             if kind == "sequential":
-                seq.append(timed(lambda: sequential_download(ref, work / "seq")))
+                seq.append(measured(lambda: sequential_download(ref, work / "seq")))
             else:
-                result = pull_weights(
-                    ref, work / "par", cache_dir=work / "cache", workers=workers, chunk_size=chunk
+                par.append(
+                    measured(
+                        lambda: pull_weights(
+                            ref,
+                            work / "par",
+                            cache_dir=work / "cache",
+                            workers=workers,
+                            chunk_size=chunk,
+                        )
+                    )
                 )
-                par.append(result.seconds)
-                size = result.downloaded_bytes
     shutil.rmtree(work, ignore_errors=True)
-    seq_s, par_s = statistics.median(seq), statistics.median(par)
+    seq_s = statistics.median(run["s"] for run in seq)
+    par_s = statistics.median(run["s"] for run in par)
+
+    def rounded(runs: list[dict[str, float]]) -> list[dict[str, float]]:
+        return [{key: round(value, 2) for key, value in run.items()} for run in runs]
+
     return {
         "bytes": size,
         "sequential_s": round(seq_s, 2),
@@ -98,7 +153,7 @@ def throughput(ref: str, work: Path, repeats: int, workers: int, chunk: int) -> 
         "sequential_mb_s": round(size / seq_s / 1e6, 1),
         "parallel_mb_s": round(size / par_s / 1e6, 1),
         "ratio": round(seq_s / par_s, 2),
-        "runs": {"sequential": [round(s, 2) for s in seq], "parallel": [round(s, 2) for s in par]},
+        "runs": {"sequential": rounded(seq), "parallel": rounded(par)},
     }
 
 
@@ -173,13 +228,20 @@ def main() -> int:
                 proxy.wait()
             results["time_to_ready"] = time_to_ready(ref, work / "ready", args.workers, chunk)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print("| link | sequential MB/s | parallel pull MB/s | ratio |")
-    print("|---|---|---|---|")
+    print("| link | sequential MB/s | parallel pull MB/s | ratio | client CPU s (seq / par) |")
+    print("|---|---|---|---|---|")
     for key, row in results.items():
         if isinstance(row, dict) and "ratio" in row:
-            print(
-                f"| {key} | {row['sequential_mb_s']} | {row['parallel_mb_s']} | {row['ratio']}x |"
+            cpu = " / ".join(
+                str(statistics.median(run["client_cpu_s"] for run in row["runs"][kind]))
+                for kind in ("sequential", "parallel")
             )
+            print(
+                f"| {key} | {row['sequential_mb_s']} | {row['parallel_mb_s']} | {row['ratio']}x "
+                f"| {cpu} |"
+            )
+            for kind in ("sequential", "parallel"):
+                print(f"  {kind} runs: {row['runs'][kind]}")
     ready = results["time_to_ready"]
     print("\n| start | pull s | ready s | downloaded bytes |\n|---|---|---|---|")
     for label, row in ready.items():
