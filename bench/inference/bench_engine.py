@@ -1,9 +1,10 @@
 """Batched engine vs one-request-at-a-time `generate()`: tokens/s and time to first token.
 
 Runs, in one invocation on the same machine:
-1. the baseline: `model.generate()` on each prompt in turn (greedy, fixed output length);
-2. the kaito server as a subprocess, hit over HTTP (streaming /v1/completions) by 1, 4, 8 and
-   16 concurrent clients with the same prompts and output length.
+1. the kaito server as a subprocess, hit over HTTP (streaming /v1/completions) by 1, 4, 8 and
+   16 concurrent clients with the same prompts and output length;
+2. the baseline, `model.generate()` on each prompt in turn (greedy, fixed output length), before
+   and after every client level; each level's ratio uses the two baselines around it.
 Prints a markdown table of ratios against the baseline and writes JSON next to it.
 
     ~/.cache/kaito/venv/bin/python bench/inference/bench_engine.py [--max-tokens 32] [--threads 2]
@@ -224,7 +225,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model directory; default: the small model")
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads, both sides")
+    parser.add_argument("--server-threads", type=int, help="the server's, if not --threads")
     parser.add_argument("--clients", default="1,4,8,16")
     parser.add_argument("--requests-per-client", type=int, default=2)
     parser.add_argument("--baseline-requests", type=int, default=6)
@@ -236,36 +238,45 @@ def main() -> None:
 
         args.model = str(small_model_path())
     model, tokenizer = load_baseline_model(args.model, args.threads)
-    before = baseline(model, tokenizer, args.max_tokens, args.baseline_requests)
-    print(f"baseline before: {before}", flush=True)
-    process, url = start_server(args.model, args.threads, args.max_num_seqs)
+    process, url = start_server(args.model, args.server_threads or args.threads, args.max_num_seqs)
     rows = []
+    # The machine is shared: the baseline runs before and after every server level, and each
+    # level is compared with the mean of its two neighbours, so drifts in background load hit
+    # both sides of a ratio alike. The idle server only waits on a socket meanwhile.
+    baselines = [baseline(model, tokenizer, args.max_tokens, args.baseline_requests)]
+    print(f"baseline: {baselines[-1]}", flush=True)
     try:
         for clients in (int(c) for c in args.clients.split(",")):
             requests = max(clients * args.requests_per_client, 2)
             row = asyncio.run(load(url, clients, requests, args.max_tokens))
+            baselines.append(baseline(model, tokenizer, args.max_tokens, args.baseline_requests))
+            print(f"baseline: {baselines[-1]}", flush=True)
+            around = (baselines[-2]["tokens_per_s"] + baselines[-1]["tokens_per_s"]) / 2
+            ttft_around = (baselines[-2]["ttft_p50_s"] + baselines[-1]["ttft_p50_s"]) / 2
+            row["baseline_tokens_per_s"] = around
+            row["throughput_ratio"] = row["tokens_per_s"] / around
+            row["ttft_p50_ratio"] = row["ttft_p50_s"] / ttft_around
             rows.append(row)
             print(row, flush=True)
         peak = server_peak_mib(process.pid)
     finally:
         process.terminate()
         process.wait(30)
-    # The machine is shared: measuring the baseline on both sides of the server runs and taking
-    # the mean keeps slow drifts in background load from favouring either side.
-    after = baseline(model, tokenizer, args.max_tokens, args.baseline_requests)
-    print(f"baseline after: {after}", flush=True)
     base = {
-        key: (before[key] + after[key]) / 2 for key in ("tokens_per_s", "ttft_p50_s", "ttft_p95_s")
+        key: sum(run[key] for run in baselines) / len(baselines)
+        for key in ("tokens_per_s", "ttft_p50_s", "ttft_p95_s")
     }
-    base["peak_rss_mib"] = after["peak_rss_mib"]
-    for row in rows:
-        row["throughput_ratio"] = row["tokens_per_s"] / base["tokens_per_s"]
-        row["ttft_p50_ratio"] = row["ttft_p50_s"] / base["ttft_p50_s"]
+    base["peak_rss_mib"] = baselines[-1]["peak_rss_mib"]
     result = {
-        "machine": {"cpus": os.cpu_count(), "threads": args.threads},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "threads": args.threads,
+            "server_threads": args.server_threads or args.threads,
+            "load_average": os.getloadavg(),
+        },
         "max_tokens": args.max_tokens,
         "baseline": base,
-        "baseline_runs": [before, after],
+        "baseline_runs": baselines,
         "server": rows,
         "server_peak_rss_mib": peak,
     }
@@ -275,11 +286,15 @@ def main() -> None:
         f"baseline generate(): {base['tokens_per_s']:.1f} tok/s, "
         f"TTFT p50 {base['ttft_p50_s'] * 1000:.0f} ms, peak RSS {base['peak_rss_mib']:.0f} MiB"
     )
-    print("| clients | tok/s | x baseline | TTFT p50 ms | TTFT p95 ms | p50 x baseline |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| clients | tok/s | baseline tok/s | x baseline | TTFT p50 ms | TTFT p95 ms "
+        "| p50 x baseline |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
         print(
-            f"| {row['clients']} | {row['tokens_per_s']:.1f} | {row['throughput_ratio']:.2f} | "
+            f"| {row['clients']} | {row['tokens_per_s']:.1f} | "
+            f"{row['baseline_tokens_per_s']:.1f} | {row['throughput_ratio']:.2f} | "
             f"{row['ttft_p50_s'] * 1000:.0f} | {row['ttft_p95_s'] * 1000:.0f} | "
             f"{row['ttft_p50_ratio']:.2f} |"
         )
