@@ -14,7 +14,7 @@ demo:
 
 test:
 	@tools/setup.sh test
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench charts
+	$(BIN)/ruff format --check src tests bench charts docs
 	$(BIN)/mypy --strict src
 	$(BIN)/pytest $(PYTEST_ARGS)
