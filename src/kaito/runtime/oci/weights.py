@@ -41,7 +41,7 @@ EXCLUDED_DIRS = ("original", "metal")
 DEFAULT_CHUNK = 32 << 20
 DEFAULT_WORKERS = 4
 PROGRESS_EVERY = 8 << 20
-HASH_STEP = 8 << 20
+HASH_STEP = 1 << 20
 
 
 class WeightsError(ValueError):
