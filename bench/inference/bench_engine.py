@@ -12,14 +12,10 @@ Prints a markdown table of ratios against the baseline and writes JSON next to i
 
 from __future__ import annotations
 
-import os
-
-# The server sets this too (kaito.runtime.inference.__main__); the baseline gets the same policy.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import argparse
 import asyncio
 import json
+import os
 import resource
 import socket
 import subprocess
@@ -27,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from kaito.runtime.openmp import configure_openmp
 
 PROMPTS = [
     "The history of the city of Paris begins",
@@ -82,6 +80,7 @@ def baseline(model: Any, tokenizer: Any, max_tokens: int, requests: int) -> dict
         inputs = tokenizer(PROMPTS[0], return_tensors="pt")
         model.generate(**inputs, max_new_tokens=2, do_sample=False)  # warm-up
         started = time.perf_counter()
+        cpu_started = own_cpu_s()
         for i in range(requests):
             inputs = tokenizer(PROMPTS[i % len(PROMPTS)], return_tensors="pt")
             streamer = FirstToken()
@@ -96,16 +95,29 @@ def baseline(model: Any, tokenizer: Any, max_tokens: int, requests: int) -> dict
             ttfts.append((streamer.first or time.perf_counter()) - t0)
             tokens += out.shape[1] - inputs["input_ids"].shape[1]
         wall = time.perf_counter() - started
+        cpu = own_cpu_s() - cpu_started
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "requests": requests,
         "tokens": tokens,
         "wall_s": wall,
         "tokens_per_s": tokens / wall,
+        "cpu_ms_per_token": 1000 * cpu / tokens,
         "ttft_p50_s": percentile(ttfts, 50),
         "ttft_p95_s": percentile(ttfts, 95),
         "peak_rss_mib": peak_mib,
     }
+
+
+def own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of another process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -227,12 +239,21 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="torch threads, both sides")
     parser.add_argument("--server-threads", type=int, help="the server's, if not --threads")
+    parser.add_argument(
+        "--dedicated-cpus",
+        action="store_true",
+        help="both sides as with KAITO_DEDICATED_CPUS=true (OpenMP workers spin briefly)",
+    )
     parser.add_argument("--clients", default="1,4,8,16")
     parser.add_argument("--requests-per-client", type=int, default=2)
     parser.add_argument("--baseline-requests", type=int, default=6)
     parser.add_argument("--max-num-seqs", type=int, default=16)
     parser.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
     args = parser.parse_args()
+    if args.dedicated_cpus:
+        os.environ["KAITO_DEDICATED_CPUS"] = "true"
+    # Before torch loads; the server subprocess inherits the environment and decides alike.
+    openmp = configure_openmp()
     if args.model is None:
         from kaito.runtime.small_model import small_model_path
 
@@ -248,11 +269,18 @@ def main() -> None:
     try:
         for clients in (int(c) for c in args.clients.split(",")):
             requests = max(clients * args.requests_per_client, 2)
+            server_cpu = process_cpu_s(process.pid)
             row = asyncio.run(load(url, clients, requests, args.max_tokens))
+            # CPU per token does not depend on how much of the machine others take: on a shared
+            # machine it is the steadier way to compare the two sides.
+            server_cpu = process_cpu_s(process.pid) - server_cpu
+            row["cpu_ms_per_token"] = 1000 * server_cpu / row["tokens"]
             baselines.append(baseline(model, tokenizer, args.max_tokens, args.baseline_requests))
             print(f"baseline: {baselines[-1]}", flush=True)
             around = (baselines[-2]["tokens_per_s"] + baselines[-1]["tokens_per_s"]) / 2
             ttft_around = (baselines[-2]["ttft_p50_s"] + baselines[-1]["ttft_p50_s"]) / 2
+            cpu_around = (baselines[-2]["cpu_ms_per_token"] + baselines[-1]["cpu_ms_per_token"]) / 2
+            row["cpu_per_token_ratio"] = row["cpu_ms_per_token"] / cpu_around
             row["baseline_tokens_per_s"] = around
             row["throughput_ratio"] = row["tokens_per_s"] / around
             row["ttft_p50_ratio"] = row["ttft_p50_s"] / ttft_around
@@ -264,7 +292,7 @@ def main() -> None:
         process.wait(30)
     base = {
         key: sum(run[key] for run in baselines) / len(baselines)
-        for key in ("tokens_per_s", "ttft_p50_s", "ttft_p95_s")
+        for key in ("tokens_per_s", "ttft_p50_s", "ttft_p95_s", "cpu_ms_per_token")
     }
     base["peak_rss_mib"] = baselines[-1]["peak_rss_mib"]
     result = {
@@ -273,6 +301,7 @@ def main() -> None:
             "threads": args.threads,
             "server_threads": args.server_threads or args.threads,
             "load_average": os.getloadavg(),
+            "openmp": openmp,
         },
         "max_tokens": args.max_tokens,
         "baseline": base,
@@ -284,19 +313,21 @@ def main() -> None:
     print()
     print(
         f"baseline generate(): {base['tokens_per_s']:.1f} tok/s, "
-        f"TTFT p50 {base['ttft_p50_s'] * 1000:.0f} ms, peak RSS {base['peak_rss_mib']:.0f} MiB"
+        f"TTFT p50 {base['ttft_p50_s'] * 1000:.0f} ms, "
+        f"{base['cpu_ms_per_token']:.0f} CPU ms/token, peak RSS {base['peak_rss_mib']:.0f} MiB"
     )
     print(
         "| clients | tok/s | baseline tok/s | x baseline | TTFT p50 ms | TTFT p95 ms "
-        "| p50 x baseline |"
+        "| p50 x baseline | CPU ms/token | CPU x baseline |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['clients']} | {row['tokens_per_s']:.1f} | "
             f"{row['baseline_tokens_per_s']:.1f} | {row['throughput_ratio']:.2f} | "
             f"{row['ttft_p50_s'] * 1000:.0f} | {row['ttft_p95_s'] * 1000:.0f} | "
-            f"{row['ttft_p50_ratio']:.2f} |"
+            f"{row['ttft_p50_ratio']:.2f} | {row['cpu_ms_per_token']:.1f} | "
+            f"{row['cpu_per_token_ratio']:.2f} |"
         )
     print(f"server peak RSS: {peak:.0f} MiB")
 

@@ -8,10 +8,6 @@ process's; prints status counts, throughput and RSS before and after the run.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the server's own entry point does
-
 import argparse
 import asyncio
 import collections
@@ -20,6 +16,10 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+
+from kaito.runtime.openmp import configure_openmp
+
+configure_openmp()  # before torch loads, as the server's own entry point does
 
 
 def rss_mib() -> float:

@@ -7,10 +7,9 @@ import typer
 
 def serve(ctx: typer.Context) -> None:
     """Serve a model: OpenAI API, legacy /chat, LoRA adapters. `kaito serve --help` lists flags."""
-    import os
+    from kaito.runtime.openmp import configure_openmp
 
-    # See kaito.runtime.inference.__main__: passive OpenMP waits, set before torch loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    configure_openmp()  # before torch loads
     from kaito.runtime.inference.server import main
 
     raise typer.Exit(main(ctx.args))

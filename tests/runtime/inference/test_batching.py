@@ -157,3 +157,44 @@ def test_a_failing_step_fails_its_request_and_the_server_keeps_serving(
     assert "boom" in response.json()["error"]["message"]
     monkeypatch.undo()
     assert complete(server.url, "What is 2+2?", 4)
+
+
+def test_requests_arriving_together_at_an_idle_engine_share_one_prefill(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kaito.runtime.inference.sampling import SamplingParams
+    from tests.runtime.inference.conftest import chat_ids
+
+    engine = server.serving.engine
+    assert engine is not None and engine.num_running == 0
+    real_forward = engine._forward
+    prefill_rows: list[int] = []
+
+    def recording_forward(seqs: Any, input_ids: Any, *args: Any, **kwargs: Any) -> Any:
+        if input_ids.shape[1] > 1:
+            prefill_rows.append(input_ids.shape[0])
+        return real_forward(seqs, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "_forward", recording_forward)
+    finished = concurrent.futures.ThreadPoolExecutor(4)
+
+    def ask(question: str) -> None:
+        done = concurrent.futures.Future[None]()
+        ids = chat_ids(engine.tokenizer, question)
+
+        def sink(delta: Any) -> None:
+            if delta.finish_reason is not None and not done.done():
+                done.set_result(None)
+
+        engine.submit(ids, SamplingParams(2, temperature=0), sink)
+        done.result(timeout=120)
+
+    # Staggered by a few milliseconds, as clients re-submitting after one step would be.
+    futures = []
+    for question in QUESTIONS[:4]:
+        futures.append(finished.submit(ask, question))
+        time.sleep(0.002)
+    for future in futures:
+        future.result(timeout=180)
+    finished.shutdown()
+    assert prefill_rows[0] == 4, prefill_rows

@@ -47,6 +47,10 @@ class EngineConfig:
     max_queue_len: int = 256  # requests waiting for a batch slot before 429
     max_prefill_tokens: int = 4096  # padded prompt tokens admitted in one prefill
     max_model_len: int = 2048  # prompt plus generated tokens per sequence
+    # An idle engine waits this long after the latest arrival before its first prefill, so
+    # clients that arrive together share one prefill (each prefill is a full pass over the model).
+    arrival_window_s: float = 0.01
+    max_arrival_wait_s: float = 0.05
 
 
 @dataclass
@@ -110,12 +114,26 @@ class TransformersEngine:
         self._stopping = False
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
+        self._last_arrival = 0.0
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="kaito-engine", daemon=True)
-        self._thread.start()
+        """Run the worker loop on a new thread."""
+        thread = threading.Thread(target=self.run, name="kaito-engine", daemon=True)
+        self._thread = thread
+        thread.start()
+
+    def run(self, on_started: Callable[[], None] | None = None) -> None:
+        """Run the worker loop on the calling thread until `stop`.
+
+        The thread that loaded the model should be the one that runs it: OpenMP keeps one worker
+        team per calling thread, and a second team costs a batched step ~1.5x on 2 cores.
+        """
+        self._thread = threading.current_thread()
+        if on_started is not None:
+            on_started()
+        self._loop()
 
     def stop(self) -> None:
         with self._wake:
@@ -160,6 +178,7 @@ class TransformersEngine:
                     f"the waiting queue is full ({self.config.max_queue_len} requests)"
                 )
             self._waiting.append(seq)
+            self._last_arrival = time.monotonic()
             self._wake.notify_all()
 
         def cancel() -> None:
@@ -260,6 +279,8 @@ class TransformersEngine:
                         self._wake.wait(timeout=1.0)
                     if self._stopping:
                         break
+                    if self._batch is None and self._waiting:
+                        self._gather_arrivals()
                 self._run_commands()
                 try:
                     self._drop_cancelled()
@@ -272,6 +293,16 @@ class TransformersEngine:
         self._abort_where(lambda _seq: True, "the server is shutting down")
         for seq in list(self._waiting):
             seq.sink(_error_delta(seq, "the server is shutting down"))
+
+    def _gather_arrivals(self) -> None:
+        """Hold an idle engine's first prefill while requests are still arriving (lock held)."""
+        deadline = time.monotonic() + self.config.max_arrival_wait_s
+        while not self._stopping and len(self._waiting) < self.config.max_num_seqs:
+            now = time.monotonic()
+            quiet_at = min(self._last_arrival + self.config.arrival_window_s, deadline)
+            if now >= quiet_at:
+                return
+            self._wake.wait(timeout=quiet_at - now)
 
     def _run_commands(self) -> None:
         while True:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -143,15 +145,38 @@ class InferenceServing:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Load model, tokenizer and adapters, then start the engine (blocking; run off-loop)."""
+        """Load model, tokenizer and adapters, then start the engine (blocking; run off-loop).
+
+        Loading happens on the engine's own thread, which then runs the engine: all model work
+        stays on one thread (see `TransformersEngine.run`).
+        """
+        started: concurrent.futures.Future[TransformersEngine] = concurrent.futures.Future()
+
+        def work() -> None:
+            try:
+                engine = self._load()
+            except BaseException as exc:
+                started.set_exception(exc)
+                return
+            engine.run(on_started=lambda: self._publish(engine, started))
+
+        threading.Thread(target=work, name="kaito-engine", daemon=True).start()
         try:
-            self._load()
+            started.result()
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("model load failed")
             raise
 
-    def _load(self) -> None:
+    def _publish(
+        self, engine: TransformersEngine, started: concurrent.futures.Future[TransformersEngine]
+    ) -> None:
+        self.metrics.watch_engine(lambda: engine.num_waiting, lambda: engine.num_running)
+        self.engine = engine
+        self.metrics.ready.set(1)
+        started.set_result(engine)
+
+    def _load(self) -> TransformersEngine:
         import torch
 
         config = self.config
@@ -196,10 +221,7 @@ class InferenceServing:
         for spec in discover(adapter_dir):
             engine.load_adapter(spec)
         self.tokenizer = tokenizer
-        engine.start()
-        self.metrics.watch_engine(lambda: engine.num_waiting, lambda: engine.num_running)
-        self.engine = engine
-        self.metrics.ready.set(1)
+        return engine
 
     def base_names(self, model: Any = None) -> tuple[str, ...]:
         names = [self.config.model_name, self.config.model]
