@@ -296,9 +296,13 @@ def test_an_interrupted_harness_stops_its_children_gracefully(
     child_command = f'trap "touch {marker}; exit 0" TERM; touch {trapped}; sleep 300 & wait'
     script = textwrap.dedent(
         f"""
+        import signal
         import time
         from pathlib import Path
         from kaito.devcluster.process import Process
+        # A shell's background job starts with SIGINT ignored, and Python keeps that: restore
+        # what an interactive harness has, so the test does not depend on how it was launched.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         p = Process("sleeper", ["sh", "-c", {child_command!r}], Path({str(tmp_path / "log")!r}))
         print(p.pid, flush=True)
         time.sleep(300)
