@@ -17,7 +17,7 @@ ALLOWED = {
     "manifests": {"presets", "api"},
     "reconcile": {"manifests", "presets", "api"},
     "k8s": {"reconcile", "manifests", "presets", "api"},
-    "provisioners": {"k8s", "manifests", "presets", "api", "devcluster"},
+    "provisioners": {"k8s", "reconcile", "manifests", "presets", "api", "devcluster"},
     "operator": {"k8s", "reconcile", "manifests", "presets", "api"},
     "runtime": set(),
     "local": {"runtime", "presets", "api"},
@@ -83,3 +83,20 @@ def test_every_module_starts_with_a_docstring() -> None:
         if not ast.get_docstring(ast.parse(path.read_text()))
     ]
     assert missing == []
+
+
+def test_only_the_k8s_package_talks_to_the_kubernetes_api() -> None:
+    # Elsewhere lightkube may appear only for its error type, to tell API failures apart.
+    offending = []
+    for path in sorted(SRC.rglob("*.py")):
+        if path.is_relative_to(SRC / "k8s"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name.split(".")[0] == "lightkube"]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lightkube"):
+                names = [f"{node.module}.{a.name}" for a in node.names if a.name != "ApiError"]
+            else:
+                continue
+            offending += [f"{path.relative_to(SRC)} imports {name}" for name in names]
+    assert offending == []

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import datetime
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
 
-from lightkube import ApiError, AsyncClient, KubeConfig
+from lightkube import ALL_NS, ApiError, AsyncClient, KubeConfig
 from lightkube.resources.apps_v1 import ControllerRevision, StatefulSet
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import ConfigMap, Event, Node, PersistentVolumeClaim, Pod, Service
@@ -26,6 +26,7 @@ from kaito.reconcile.planner import Event as PlannedEvent
 from kaito.reconcile.planner import ObjectRef
 
 JSON = dict[str, Any]
+ALL_NAMESPACES = ALL_NS  # `namespace=` for a list across every namespace
 CASCADE = {
     "Foreground": CascadeType.FOREGROUND,
     "Background": CascadeType.BACKGROUND,
@@ -83,8 +84,13 @@ class Kube:
             raise
 
     async def list_json(
-        self, res: Any, *, namespace: str | None = None, labels: Mapping[str, str] | None = None
+        self,
+        res: Any,
+        *,
+        namespace: str | None = None,
+        labels: Mapping[str, str | None] | None = None,
     ) -> list[JSON]:
+        """Objects of one kind; a label mapped to None only has to exist."""
         selector: dict[str, Any] | None = dict(labels) if labels else None
         if namespace is None:
             items = self.client.list(res, labels=selector)
@@ -167,7 +173,30 @@ class Kube:
             revisions=tuple(revisions),
         )
 
+    async def watch_json(self, res: Any) -> AsyncIterator[tuple[str, JSON]]:
+        """(ADDED | MODIFIED | DELETED, object) for every change of a cluster-scoped kind."""
+        async for op, obj in self.client.watch(res):
+            yield op, to_json(obj)
+
     # --- writes --------------------------------------------------------------------------
+
+    async def create(self, obj: Mapping[str, Any]) -> JSON:
+        """Create only: unlike `apply`, an object that exists already is a conflict (409)."""
+        res = resource_for(obj["apiVersion"], obj["kind"])
+        return to_json(await self.client.create(res.from_dict(dict(obj))))
+
+    async def merge_status(
+        self, res: Any, name: str, status: Mapping[str, Any], namespace: str | None = None
+    ) -> JSON:
+        """Merge-patch the status subresource (what a kubelet or a provisioner reports)."""
+        body = {"status": dict(status)}
+        if namespace is None:
+            patched = await self.client.patch(res.Status, name, body, patch_type=PatchType.MERGE)
+        else:
+            patched = await self.client.patch(
+                res.Status, name, body, namespace=namespace, patch_type=PatchType.MERGE
+            )
+        return to_json(patched)
 
     async def apply(self, obj: Mapping[str, Any]) -> JSON:
         """Server-side apply under the controller's field manager (force: kaito owns these)."""

@@ -17,15 +17,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
-from lightkube import ALL_NS, ApiError
-from lightkube.resources.core_v1 import Node, PersistentVolume, PersistentVolumeClaim
-from lightkube.types import PatchType
+from lightkube import ApiError
 
 from kaito.devcluster.nodes import fake_node, node_is_ready
-from kaito.k8s.client import Kube, rfc3339, to_json
-from kaito.k8s.resources import NodeClaim
+from kaito.k8s.client import ALL_NAMESPACES, Kube, rfc3339
+from kaito.k8s.resources import NodeClaim, resource_for
 from kaito.manifests.keys import (
     LABEL_INSTANCE_TYPE,
     LABEL_MACHINE_TYPE,
@@ -33,11 +31,13 @@ from kaito.manifests.keys import (
     LABEL_WORKSPACE,
 )
 from kaito.presets import default_skus
+from kaito.reconcile.planner import ObjectRef
 
 ANNOTATION_FAILURE = "kaito.sh/simulate-failure"
 ANNOTATION_CLAIM = "kaito.sh/simulated-nodeclaim"
 ANNOTATION_VOLUME_CLAIM = "kaito.sh/simulated-volume-for"
 log = logging.getLogger("kaito.provisioners.kwok")
+NODE = resource_for("v1", "Node")
 JSON = dict[str, Any]
 
 
@@ -167,7 +167,7 @@ class NodeSimulator:
         if failure:
             await self.write_status(claim, claim_status(claim, node_ready=False, failure=failure))
             return
-        node = await self.kube.get(Node, name)
+        node = await self.kube.get(NODE, name)
         if node is None:
             node = await self.create_node(node_for_claim(claim, self.cloud_provider))
             log.info("created kwok node %s for NodeClaim %s", name, name)
@@ -182,23 +182,16 @@ class NodeSimulator:
         body = {k: v for k, v in manifest.items() if k != "status"}
         with contextlib.suppress(ApiError):
             await self.kube.apply(body)
-            await self.kube.client.patch(
-                Node.Status, name, {"status": manifest["status"]}, patch_type=PatchType.MERGE
-            )
-        return await self.kube.get(Node, name)
+            await self.kube.merge_status(NODE, name, manifest["status"])
+        return await self.kube.get(NODE, name)
 
     async def write_status(self, claim: Mapping[str, Any], status: JSON) -> None:
         with contextlib.suppress(ApiError):
-            await self.kube.client.patch(
-                NodeClaim.Status,
-                claim["metadata"]["name"],
-                {"status": status},
-                patch_type=PatchType.MERGE,
-            )
+            await self.kube.merge_status(NodeClaim, claim["metadata"]["name"], status)
 
     async def delete_node(self, name: str) -> None:
         with contextlib.suppress(ApiError):
-            await self.kube.client.delete(Node, name)
+            await self.kube.delete(ObjectRef("v1", "Node", name))
 
     async def sweep(self) -> None:
         """Level-based pass: every claim handled once, nodes of vanished claims deleted."""
@@ -206,7 +199,7 @@ class NodeSimulator:
         names = {c["metadata"]["name"] for c in claims}
         for claim in claims:
             await self.handle(claim)
-        for node in await self.kube.list_json(Node):
+        for node in await self.kube.list_json(NODE):
             owner = (node["metadata"].get("annotations") or {}).get(ANNOTATION_CLAIM)
             if owner and owner not in names:
                 await self.delete_node(node["metadata"]["name"])
@@ -214,31 +207,26 @@ class NodeSimulator:
 
     async def sweep_volumes(self) -> None:
         """Bind each pending kaito PVC to a new volume; delete volumes whose claim is gone."""
-        claims = [
-            to_json(c)
-            async for c in self.kube.client.list(
-                PersistentVolumeClaim, namespace=ALL_NS, labels={LABEL_WORKSPACE: None}
-            )
-        ]
+        claims = await self.kube.list_json(
+            resource_for("v1", "PersistentVolumeClaim"),
+            namespace=ALL_NAMESPACES,
+            labels={LABEL_WORKSPACE: None},
+        )
         for claim in claims:
             if (claim.get("status") or {}).get("phase") == "Pending" and not (
                 claim.get("spec") or {}
             ).get("volumeName"):
                 with contextlib.suppress(ApiError):  # already made: the binder is on it
-                    made = cast(
-                        PersistentVolume, PersistentVolume.from_dict(volume_for_claim(claim))
-                    )
-                    await self.kube.client.create(made)
-        async for found in self.kube.client.list(PersistentVolume):
-            volume = to_json(found)
+                    await self.kube.create(volume_for_claim(claim))
+        for volume in await self.kube.list_json(resource_for("v1", "PersistentVolume")):
             ours = ANNOTATION_VOLUME_CLAIM in (volume["metadata"].get("annotations") or {})
             if ours and (volume.get("status") or {}).get("phase") == "Released":
                 with contextlib.suppress(ApiError):
-                    await self.kube.client.delete(PersistentVolume, volume["metadata"]["name"])
+                    name = volume["metadata"]["name"]
+                    await self.kube.delete(ObjectRef("v1", "PersistentVolume", name))
 
     async def watch(self) -> None:
-        async for op, obj in self.kube.client.watch(NodeClaim):
-            claim = to_json(obj)
+        async for op, claim in self.kube.watch_json(NodeClaim):
             if op == "DELETED":
                 await self.delete_node(claim["metadata"]["name"])
             else:
