@@ -328,13 +328,10 @@ class _Partial:
         ]
 
     def _frontier(self) -> int:
+        """Where the first incomplete chunk resumes: every byte before it is on disk."""
         with self._lock:
-            for start in range(0, self.size, self.chunk):
-                end = min(start + self.chunk, self.size)
-                have = self.done.get(start, 0)
-                if start + have < end:
-                    return start + have
-        return self.size
+            left = self.ranges()
+            return left[0][0] + self.done.get(left[0][0], 0) if left else self.size
 
     def hash_ready(self, *, wait: bool = False) -> None:
         """Hash the complete prefix; without `wait`, skip when another thread is at it."""

@@ -74,10 +74,11 @@ class ProgressReporter:
         for key, value in changes.items():
             setattr(self.progress, key, value)
         self.progress.updated_at = utc_now()
+        document = self.progress.to_json()
         if self.enabled and self.path is not None:
-            write_json_atomic(self.path, self.progress.to_json())
+            write_json_atomic(self.path, document)
         if self._pod is not None:
-            self._pod.publish(self.progress.to_json())
+            self._pod.publish(document)
 
     def phase(self, phase: str, message: str = "") -> None:
         self.update(phase=phase, message=message)
