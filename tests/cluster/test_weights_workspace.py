@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kaito.devcluster import ApiClient, ApiError
+from kaito.devcluster import ApiClient
+from kaito.devcluster.client import JSON
 from tests.cluster.test_controller_workspace import (
     Proc,
     StartOperator,
@@ -22,6 +23,14 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 IMAGE = "registry.internal.example/kaito/phi-3-mini-4k-instruct:0.2.0"
 
 
+def wait_created(api: ApiClient, path: str, operator: Proc, what: str) -> JSON:
+    """The object at `path` once the operator made it (wait_for counts a 404 as not yet)."""
+    try:
+        return api.wait_for(lambda: api.get(path), timeout_s=120, interval_s=0.5, what=what)
+    except TimeoutError:
+        raise AssertionError(operator.tail()) from None
+
+
 def test_an_inference_workspace_with_a_weights_image_pulls_it_with_its_secret_into_the_cache(
     api: ApiClient, namespace: str, simulator: Proc, start_operator: StartOperator
 ) -> None:
@@ -32,23 +41,9 @@ def test_an_inference_workspace_with_a_weights_image_pulls_it_with_its_secret_in
         "imagePullSecrets": ["internal-registry"],
     }
     create_workspace(api, namespace, body)
-
-    def statefulset() -> dict[str, object] | None:
-        try:
-            found: dict[str, object] = api.get(
-                f"/apis/apps/v1/namespaces/{namespace}/statefulsets/mirrored"
-            )
-            return found
-        except ApiError as error:
-            if error.status == 404:
-                return None
-            raise
-
-    try:
-        sts = api.wait_for(statefulset, timeout_s=120, interval_s=0.5, what="the StatefulSet")
-    except TimeoutError:
-        raise AssertionError(operator.tail()) from None
-    spec = sts["spec"]["template"]["spec"]  # type: ignore[index]
+    path = f"/apis/apps/v1/namespaces/{namespace}/statefulsets/mirrored"
+    sts = wait_created(api, path, operator, "the StatefulSet")
+    spec = sts["spec"]["template"]["spec"]
     puller = spec["initContainers"][0]
     assert puller["name"] == "weights-puller"
     assert puller["command"][3:6] == ["models", "pull", IMAGE]
@@ -71,21 +66,8 @@ def test_a_catalog_preset_in_the_operators_preset_registry_is_pulled_by_the_crea
     operator = start_operator(preset_registry=MIRROR, preset_pull_secrets="mirror-pull")
     body = inference_body("catalog", "phi-3-mini-4k-instruct", "Standard_NC24ads_A100_v4")
     create_workspace(api, namespace, body)
-
-    def pod() -> dict[str, object] | None:
-        try:
-            found: dict[str, object] = api.get(f"/api/v1/namespaces/{namespace}/pods/catalog-0")
-            return found
-        except ApiError as error:
-            if error.status == 404:
-                return None
-            raise
-
-    try:
-        created = api.wait_for(pod, timeout_s=120, interval_s=0.5, what="the inference pod")
-    except TimeoutError:
-        raise AssertionError(operator.tail()) from None
-    spec = created["spec"]  # type: ignore[index]
+    path = f"/api/v1/namespaces/{namespace}/pods/catalog-0"
+    spec = wait_created(api, path, operator, "the inference pod")["spec"]
     puller = spec["initContainers"][0]
     assert puller["name"] == "weights-puller"
     image = f"{MIRROR}/kaito-phi-3-mini-4k-instruct:0.2.0"
