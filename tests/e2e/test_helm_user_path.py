@@ -268,6 +268,22 @@ def nothing(probe: Callable[[], list[str]]) -> Callable[[], bool]:
     return lambda: not probe()
 
 
+def inference_workspace(release: Release, name: str, preset: str = "phi-3-mini-4k-instruct") -> str:
+    """A small inference Workspace in the workloads namespace, as YAML for `kubectl apply`."""
+    return yaml.safe_dump(
+        {
+            "apiVersion": "kaito.sh/v1beta1",
+            "kind": "Workspace",
+            "metadata": {"name": name, "namespace": release.workloads},
+            "resource": {
+                "instanceType": "Standard_NC24ads_A100_v4",
+                "labelSelector": {"matchLabels": {"app": name}},
+            },
+            "inference": {"preset": {"name": preset}},
+        }
+    )
+
+
 def test_helm_install_brings_up_the_operator_with_the_charts_identity(release: Release) -> None:
     objects = {(o["kind"], o["metadata"]["name"]) for o in release.manifest()}
     assert {
@@ -377,17 +393,8 @@ def test_the_legacy_tuning_yaml_runs_to_success_and_deleting_it_leaves_nothing_b
 def test_the_webhook_installed_by_the_chart_rejects_an_invalid_workspace(
     release: Release,
 ) -> None:
-    body = {
-        "apiVersion": "kaito.sh/v1beta1",
-        "kind": "Workspace",
-        "metadata": {"name": "typo", "namespace": release.workloads},
-        "resource": {
-            "instanceType": "Standard_NC24ads_A100_v4",
-            "labelSelector": {"matchLabels": {"app": "typo"}},
-        },
-        "inference": {"preset": {"name": "phi-3-mini-4k-instruc"}},
-    }
-    result = kubectl(release, "apply", "-f", "-", input=yaml.safe_dump(body), check=False)
+    typo = inference_workspace(release, "typo", preset="phi-3-mini-4k-instruc")
+    result = kubectl(release, "apply", "-f", "-", input=typo, check=False)
     assert result.returncode != 0
     assert f'admission webhook "workspace.{WEBHOOK}" denied the request' in result.stderr
     assert "phi-3-mini-4k-instruct" in result.stderr  # the suggestion for the typo
@@ -400,17 +407,7 @@ def test_helm_upgrade_rolls_the_operator_without_touching_running_workloads(
     release: Release,
 ) -> None:
     name = "phi-3"
-    body = {
-        "apiVersion": "kaito.sh/v1beta1",
-        "kind": "Workspace",
-        "metadata": {"name": name, "namespace": release.workloads},
-        "resource": {
-            "instanceType": "Standard_NC24ads_A100_v4",
-            "labelSelector": {"matchLabels": {"app": name}},
-        },
-        "inference": {"preset": {"name": "phi-3-mini-4k-instruct"}},
-    }
-    kubectl(release, "apply", "-f", "-", input=yaml.safe_dump(body))
+    kubectl(release, "apply", "-f", "-", input=inference_workspace(release, name))
     release.api.wait_for(
         lambda: columns(release, name)["WORKSPACESUCCEEDED"] == "True",
         timeout_s=180,
@@ -509,20 +506,6 @@ def test_two_operators_one_leads_and_the_standby_takes_over_when_it_dies(
 
         return probe
 
-    def workspace(name: str) -> str:
-        return yaml.safe_dump(
-            {
-                "apiVersion": "kaito.sh/v1beta1",
-                "kind": "Workspace",
-                "metadata": {"name": name, "namespace": release.workloads},
-                "resource": {
-                    "instanceType": "Standard_NC24ads_A100_v4",
-                    "labelSelector": {"matchLabels": {"app": name}},
-                },
-                "inference": {"preset": {"name": "phi-3-mini-4k-instruct"}},
-            }
-        )
-
     def ready(name: str) -> None:
         release.api.wait_for(
             lambda: columns(release, name)["WORKSPACESUCCEEDED"] == "True",
@@ -532,7 +515,7 @@ def test_two_operators_one_leads_and_the_standby_takes_over_when_it_dies(
         )
 
     def invalid_is_refused() -> None:
-        bad = workspace("typo").replace("phi-3-mini-4k-instruct", "phi-3-mini-4k-instruc")
+        bad = inference_workspace(release, "typo", preset="phi-3-mini-4k-instruc")
         result = kubectl(release, "apply", "-f", "-", input=bad, check=False)
         assert f'admission webhook "workspace.{WEBHOOK}" denied' in result.stderr, result.stderr
 
@@ -546,7 +529,7 @@ def test_two_operators_one_leads_and_the_standby_takes_over_when_it_dies(
     release.api.wait_for(healthy(b, port_b), timeout_s=60, interval_s=0.5, what="b's /healthz")
     release.api.wait_for(lambda: "standby" in b.text(), timeout_s=30, what="b to wait as standby")
 
-    kubectl(release, "apply", "-f", "-", input=workspace("ws-led-by-a"))
+    kubectl(release, "apply", "-f", "-", input=inference_workspace(release, "ws-led-by-a"))
     ready("ws-led-by-a")
     assert lease_holder(release) == "operator-a"
     assert "acquired by operator-b" not in b.text()  # b never started reconciling
@@ -568,7 +551,7 @@ def test_two_operators_one_leads_and_the_standby_takes_over_when_it_dies(
     # At most one lease duration after the last renewal it saw, plus its polling.
     assert took <= lease_s + 3 * retry_s + 2
     invalid_is_refused()  # only b serves the webhook now
-    kubectl(release, "apply", "-f", "-", input=workspace("ws-led-by-b"))
+    kubectl(release, "apply", "-f", "-", input=inference_workspace(release, "ws-led-by-b"))
     ready("ws-led-by-b")
     for name in ("ws-led-by-a", "ws-led-by-b"):
         kubectl(release, "delete", "workspace", name, "--timeout=90s")
