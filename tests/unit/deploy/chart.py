@@ -18,25 +18,30 @@ JSON = dict[str, Any]
 KUBE_VERSION = "1.34.4"  # the test control plane's (hack/build-control-plane.sh)
 
 
-def helm_binary() -> Path | None:
-    """$KAITO_HOME/bin/helm, else helm on PATH, else None."""
+def tool_binary(name: str) -> Path | None:
+    """$KAITO_HOME/bin/<name> (where tools/setup.d puts it), else <name> on PATH, else None."""
     home = Path(os.environ.get("KAITO_HOME", Path.home() / ".cache" / "kaito"))
-    built = home / "bin" / "helm"
-    if built.is_file() and os.access(built, os.X_OK):
-        return built
-    found = shutil.which("helm")
+    installed = home / "bin" / name
+    if installed.is_file() and os.access(installed, os.X_OK):
+        return installed
+    found = shutil.which(name)
     return Path(found) if found else None
 
 
-def require_helm() -> Path:
-    """The helm binary, or skip (fail under KAITO_REQUIRE_CLUSTER=1, as the cluster tier does)."""
-    helm = helm_binary()
-    if helm is None:
-        message = "helm not built; run tools/setup.d/30-helm.sh"
+def require_tool(name: str, setup_hook: str) -> Path:
+    """The binary, or skip; under KAITO_REQUIRE_CLUSTER=1 (CI) fail, since a skipped check
+    must not pass, as in the cluster tier."""
+    binary = tool_binary(name)
+    if binary is None:
+        message = f"{name} not installed; run tools/setup.d/{setup_hook}"
         if os.environ.get("KAITO_REQUIRE_CLUSTER") == "1":
             pytest.fail(message)
         pytest.skip(message)
-    return helm
+    return binary
+
+
+def require_helm() -> Path:
+    return require_tool("helm", "30-helm.sh")
 
 
 def set_flags(values: Mapping[str, Any]) -> list[str]:

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.unit.deploy.chart import REPO
+from tests.unit.deploy.chart import REPO, require_tool
 
 DOCKERFILES = sorted((REPO / "docker").glob("*.Dockerfile"))
-
-
-def hadolint_binary() -> Path | None:
-    """$KAITO_HOME/bin/hadolint (tools/setup.d/40-hadolint.sh), else hadolint on PATH."""
-    home = Path(os.environ.get("KAITO_HOME", Path.home() / ".cache" / "kaito"))
-    installed = home / "bin" / "hadolint"
-    if installed.is_file() and os.access(installed, os.X_OK):
-        return installed
-    found = shutil.which("hadolint")
-    return Path(found) if found else None
 
 
 def instructions(path: Path) -> list[tuple[str, str]]:
@@ -83,13 +71,7 @@ def test_the_runtime_image_has_cpu_and_cuda_variants_with_inference_and_tuning()
 
 
 def test_hadolint_finds_nothing_in_the_dockerfiles() -> None:
-    hadolint = hadolint_binary()
-    if hadolint is None:
-        message = "hadolint not installed; run tools/setup.d/40-hadolint.sh"
-        # As for helm: CI (KAITO_REQUIRE_CLUSTER=1) must not pass on a skipped check.
-        if os.environ.get("KAITO_REQUIRE_CLUSTER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+    hadolint = require_tool("hadolint", "40-hadolint.sh")
     # Default rules and threshold (info): any finding fails; ignores must be inline and say why.
     result = subprocess.run(
         [str(hadolint), "--no-color", *map(str, DOCKERFILES)],
