@@ -21,9 +21,9 @@ from kaito.manifests.options import ClusterOptions
 from kaito.manifests.preflight import preflight_job_name
 from kaito.manifests.revision import LABEL_REVISION_OWNER
 from kaito.manifests.tuning import results_claim_name
-from kaito.reconcile.observed import Observed, wanted_config_maps
-from kaito.reconcile.planner import Event as PlannedEvent
-from kaito.reconcile.planner import ObjectRef
+from kaito.reconcile.observed import wanted_config_maps
+from kaito.reconcile.types import Event as PlannedEvent
+from kaito.reconcile.types import ObjectRef, Observed
 
 JSON = dict[str, Any]
 ALL_NAMESPACES = ALL_NS  # `namespace=` for a list across every namespace

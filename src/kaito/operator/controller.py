@@ -10,15 +10,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightkube import ApiError
-from pydantic import ValidationError
 
-from kaito.api.workspace import parse_workspace
+from kaito.api.workspace import Workspace
 from kaito.k8s.client import Kube, rfc3339
 from kaito.manifests.keys import LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE
 from kaito.operator.errors import classify
 from kaito.operator.settings import Settings
-from kaito.reconcile.observed import Observed
-from kaito.reconcile.planner import Event, Plan, plan
+from kaito.reconcile.planner import parse, plan
+from kaito.reconcile.types import Event, Observed, Plan
 
 Key = tuple[str, str]
 log = logging.getLogger("kaito.operator")
@@ -64,16 +63,13 @@ class Controller:
         """Observe, plan, execute. Raises what `errors.classify` maps to framework behaviour."""
         started = time.perf_counter()
         async with self.semaphore:
-            try:
-                workspace = parse_workspace(dict(body))
-            except ValidationError:
-                workspace = None  # the planner reports why, as a condition
+            workspace = parse(body)  # once per pass; a SpecError becomes a condition
             observed = (
                 await self.kube.observe(workspace, self.options)
-                if workspace is not None
+                if isinstance(workspace, Workspace)
                 else Observed()
             )
-            result = plan(body, observed, self.options, now=rfc3339())
+            result = plan(body, observed, self.options, now=rfc3339(), workspace=workspace)
             await self.execute(body, result)
         self.stats.reconciles += 1
         self.stats.reconcile_seconds += time.perf_counter() - started
@@ -85,7 +81,7 @@ class Controller:
         if result.annotations:
             await self.kube.annotate(namespace, name, result.annotations)
             self.stats.writes += 1
-        created = set()
+        applied: set[tuple[str, str]] = set()
         for obj in result.apply:
             try:
                 await self.kube.apply(obj)
@@ -99,8 +95,7 @@ class Controller:
                     self.stats.errors += 1
                     continue
                 raise
-            if obj["kind"] == "NodeClaim":
-                created.add(obj["metadata"]["name"])
+            applied.add((obj["kind"], obj["metadata"]["name"]))
             self.stats.writes += 1
         for ref in result.delete:
             await self.kube.delete(ref)
@@ -109,8 +104,8 @@ class Controller:
             await self.kube.write_status(namespace, name, body.get("status") or {}, result.status)
             self.stats.writes += 1
         for event in result.events:
-            if event.reason == "NodeClaimCreated" and not any(n in event.message for n in created):
-                continue
+            if event.subject is not None and event.subject not in applied:
+                continue  # announces an object whose apply failed
             await self.kube.event(body, event)
 
     async def run_loop(self, body: Mapping[str, Any], stopped: Any) -> None:

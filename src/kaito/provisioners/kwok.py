@@ -31,7 +31,7 @@ from kaito.manifests.keys import (
     LABEL_WORKSPACE,
 )
 from kaito.presets import default_skus
-from kaito.reconcile.planner import ObjectRef
+from kaito.reconcile.types import ObjectRef
 
 ANNOTATION_FAILURE = "kaito.sh/simulate-failure"
 ANNOTATION_CLAIM = "kaito.sh/simulated-nodeclaim"

@@ -7,8 +7,8 @@ from typing import Any
 
 from kaito.manifests.keys import GPU_RESOURCE, LABEL_INSTANCE_TYPE, LABEL_WORKSPACE
 from kaito.manifests.options import ClusterOptions
-from kaito.reconcile.observed import Observed
-from kaito.reconcile.planner import Plan, plan
+from kaito.reconcile.planner import plan
+from kaito.reconcile.types import Observed, Plan
 from tests.unit.api.builders import (
     inference_workspace,
     legacy_tuning_workspace,

@@ -14,7 +14,7 @@ from lightkube.models.meta_v1 import Status
 from kaito.manifests.errors import SpecError
 from kaito.operator.controller import Controller, sleep_until
 from kaito.operator.settings import Settings
-from kaito.reconcile.planner import Plan
+from kaito.reconcile.types import Plan
 from tests.unit.controller.builders import legacy_tuning
 
 

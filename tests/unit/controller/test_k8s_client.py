@@ -14,7 +14,7 @@ from kaito.k8s.client import Kube
 from kaito.manifests.keys import FIELD_MANAGER
 from kaito.operator.controller import Controller
 from kaito.operator.settings import Settings
-from kaito.reconcile.planner import Event, ObjectRef, Plan
+from kaito.reconcile.types import Event, ObjectRef, Plan
 from tests.unit.controller.builders import OPTIONS, legacy_tuning
 
 JSON = dict[str, Any]
@@ -162,14 +162,19 @@ async def test_a_failed_nodeclaim_does_not_stop_the_others_and_is_reported() -> 
     plan = Plan(
         apply=tuple(claims),
         events=(
-            Event("Normal", "NodeClaimCreated", "Creating NodeClaim ws-bad for workspace x"),
-            Event("Normal", "NodeClaimCreated", "Creating NodeClaim ws-good for workspace x"),
+            Event("Normal", "NodeClaimCreated", "Creating ws-bad", ("NodeClaim", "ws-bad")),
+            Event("Normal", "NodeClaimCreated", "Creating ws-good", ("NodeClaim", "ws-good")),
+            Event("Normal", "Unattached", "sent whatever was applied"),
         ),
     )
     await controller.execute(body, plan)
     paths = [(r.method, r.url.path) for r in server.requests]
     assert ("PATCH", "/apis/karpenter.sh/v1/nodeclaims/ws-good") in paths
     events = [json.loads(r.content) for r in server.requests if r.url.path.endswith("/events")]
-    assert [e["reason"] for e in events] == ["NodeClaimCreationFailed", "NodeClaimCreated"]
+    assert [e["reason"] for e in events] == [
+        "NodeClaimCreationFailed",
+        "NodeClaimCreated",
+        "Unattached",
+    ]
     assert "ws-good" in events[1]["message"]
     assert events[0]["involvedObject"]["name"] == "workspace-tuning-phi-3"

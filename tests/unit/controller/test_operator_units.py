@@ -12,8 +12,8 @@ from kaito.manifests.errors import SpecError, WaitError
 from kaito.operator.errors import classify
 from kaito.operator.settings import Settings, SettingsError
 from kaito.provisioners.kwok import claim_status, node_for_claim
-from kaito.reconcile.observed import Observed
 from kaito.reconcile.planner import plan
+from kaito.reconcile.types import Observed
 from tests.unit.controller.builders import NOW, OPTIONS, legacy_tuning, multi_gpu_inference, one
 
 

@@ -7,8 +7,10 @@ from typing import Any
 
 from kaito.manifests.keys import ANNOTATION_APPLIED
 from kaito.manifests.nodeclaim import nodeclaim_name
-from kaito.reconcile.observed import Observed, wanted_config_maps
-from kaito.reconcile.planner import NODES_POLL_S, plan
+from kaito.reconcile.common import NODES_POLL_S
+from kaito.reconcile.observed import wanted_config_maps
+from kaito.reconcile.planner import plan
+from kaito.reconcile.types import Observed
 from tests.unit.controller.builders import (
     BYO,
     LATER,

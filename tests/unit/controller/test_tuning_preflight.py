@@ -7,8 +7,8 @@ import json
 from typing import Any
 
 from kaito.manifests.keys import ANNOTATION_SKIP_PREFLIGHT, GPU_RESOURCE
-from kaito.reconcile.observed import Observed
-from kaito.reconcile.planner import Plan, plan
+from kaito.reconcile.planner import plan
+from kaito.reconcile.types import Observed, Plan
 from tests.unit.controller.builders import (
     LATER,
     NOW,

@@ -7,9 +7,9 @@ from typing import Any
 
 from kaito.manifests.keys import ANNOTATION_TUNING_PROGRESS
 from kaito.provisioners.kwok import volume_for_claim
-from kaito.reconcile.observed import Observed
 from kaito.reconcile.planner import plan
 from kaito.reconcile.progress import parse_progress, tuning_status
+from kaito.reconcile.types import Observed
 from tests.unit.controller.builders import (
     LATER,
     NOW,

@@ -11,7 +11,7 @@ from typing import Any
 import kaito.k8s.client
 import kaito.k8s.lease
 import kaito.manifests
-import kaito.reconcile.planner
+import kaito.reconcile
 from kaito.k8s import resources
 from kaito.operator.handlers import build_registry
 from kaito.operator.settings import Settings
@@ -110,9 +110,10 @@ def applied_kinds() -> Iterator[Permission]:
 
 
 def deleted_kinds() -> Iterator[Permission]:
-    """Kube.delete of the planner's ObjectRefs."""
-    tree = ast.parse(inspect.getsource(kaito.reconcile.planner))
-    for node in ast.walk(tree):
+    """Kube.delete of the planner's ObjectRefs (any module of kaito.reconcile builds them)."""
+    sources = sorted(Path(kaito.reconcile.__file__).parent.glob("*.py"))
+    trees = [ast.parse(path.read_text()) for path in sources]
+    for node in (node for tree in trees for node in ast.walk(tree)):
         if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "ObjectRef":
             kind = node.args[1]
             assert isinstance(kind, ast.Constant), "ObjectRef kinds are literals"
