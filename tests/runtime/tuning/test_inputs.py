@@ -335,3 +335,19 @@ def test_credentials_in_a_url_appear_in_no_error_and_no_record(
     for text in (fetched.source, recorded):
         assert "SAS-SECRET" not in text and "hunter2" not in text
     assert fetched.source == f"http://REDACTED@127.0.0.1:{port}/data.jsonl?REDACTED"
+
+
+def test_the_termination_log_of_a_failed_download_carries_no_url_secret(
+    server: FlakyServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kaito.runtime.tuning.cli import main
+
+    monkeypatch.setenv(ALLOWED_HOSTS_ENV, "127.0.0.1")
+    port = server.server_address[1]
+    secret = f"http://bob:pw-1@127.0.0.1:{port}/gone.jsonl?sig=SAS-SECRET"
+    log = tmp_path / "termination-log"
+    argv = ["--url", secret, "--dataset-dir", str(tmp_path / "d"), "--check"]
+    assert main([*argv, "--termination-log", str(log)]) == 2
+    result = json.loads(log.read_text())
+    assert "HTTP 404" in result["error"] and "gone.jsonl" in result["error"]
+    assert "SAS-SECRET" not in log.read_text() and "pw-1" not in log.read_text()

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kaito.runtime.tuning.urls import redact_report, redact_text
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INVALID = 2
@@ -137,6 +139,8 @@ def compact_result(document: dict[str, Any], limit: int = TERMINATION_LOG_LIMIT)
 
 
 def _emit(args: argparse.Namespace, document: dict[str, Any], text: str, code: int) -> int:
+    # The termination message reaches the operator's status and Events: no URL secrets.
+    document, text = redact_report(document), redact_text(text)
     if getattr(args, "termination_log", None):
         with contextlib.suppress(OSError):  # reporting must not change the exit code
             Path(args.termination_log).write_text(compact_result(document), encoding="utf-8")

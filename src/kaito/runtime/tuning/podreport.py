@@ -3,7 +3,9 @@
 The pod writes only its own metadata, with its own service-account token: no permission on
 Workspaces. Reports are throttled (at most one per `min_interval_s`, plus every phase change)
 so a fast training loop does not hammer the API server; a failed report is dropped, never
-fatal to training.
+fatal to training. Every string is redacted first (`urls.redact_text`): a message that
+quotes a dataset URL must not carry its signature or password onto the pod, where anyone
+who can read pods (and the operator's status and Events) would see it.
 """
 
 from __future__ import annotations
@@ -18,9 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kaito.runtime.tuning.urls import redact_report
+
 ANNOTATION = "kaito.sh/tuning-progress"
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 MIN_INTERVAL_S = 5.0
+
+
+def patch_body(document: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch that carries `document`, every string in it redacted."""
+    report = json.dumps(redact_report(document), sort_keys=True)
+    return {"metadata": {"annotations": {ANNOTATION: report}}}
 
 
 @dataclass
@@ -57,9 +67,8 @@ class PodAnnotator:
         if phase == self._last_phase and moment - self._last_sent < self.min_interval_s:
             return False
         self._last_sent, self._last_phase = moment, phase
-        body = {"metadata": {"annotations": {ANNOTATION: json.dumps(document, sort_keys=True)}}}
         try:
-            self._patch(body)
+            self._patch(patch_body(document))
         except (OSError, http.client.HTTPException, RuntimeError) as exc:
             if not self._warned:
                 self._warned = True

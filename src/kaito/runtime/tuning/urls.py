@@ -63,7 +63,14 @@ def redact_url(url: str) -> str:
 
 def redact_text(text: str) -> str:
     """Every URL inside free text redacted (exception messages that quote a URL)."""
-    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
+
+    def one(match: re.Match[str]) -> str:
+        # Sentence punctuation after a URL (`<url>: HTTP 404`) is not part of it.
+        found = match.group(0)
+        url = found.rstrip(".,;:)]}")
+        return redact_url(url) + found[len(url) :]
+
+    return _URL_IN_TEXT.sub(one, text)
 
 
 def redact_document(value: object) -> object:
@@ -75,6 +82,11 @@ def redact_document(value: object) -> object:
     if isinstance(value, list | tuple):
         return [redact_document(item) for item in value]
     return value
+
+
+def redact_report(document: Mapping[str, object]) -> dict[str, object]:
+    """`redact_document` for a report's top-level mapping, typed as one."""
+    return {key: redact_document(item) for key, item in document.items()}
 
 
 def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
