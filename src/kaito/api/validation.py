@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import posixpath
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -197,8 +197,25 @@ def validate_metadata(workspace: Workspace) -> list[FieldError]:
     return errors
 
 
-def url_problem(url: str) -> str | None:
-    """Why a dataset URL may not be fetched (SSRF guard), or None when it is fine."""
+def _allowed(host: str, allowed_hosts: Collection[str]) -> bool:
+    """Whether the operator's allowlist (names, addresses, networks) names `host`."""
+    for entry in (e.strip().lower().rstrip(".") for e in allowed_hosts):
+        if entry and entry == host:
+            return True
+        try:
+            if ipaddress.ip_address(host) in ipaddress.ip_network(entry.strip("[]"), strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def url_problem(url: str, allowed_hosts: Collection[str] = ()) -> str | None:
+    """Why a dataset URL may not be fetched (SSRF guard), or None when it is fine.
+
+    `allowed_hosts` is the operator's `KAITO_TUNING_ALLOWED_HOSTS` (host names, addresses,
+    networks); the tuning pod's downloader enforces the same list at every hop.
+    """
     try:
         parts = urlsplit(url)
         host = parts.hostname
@@ -207,6 +224,8 @@ def url_problem(url: str) -> str | None:
     if parts.scheme.lower() not in ("http", "https") or not host:
         return "must be an http:// or https:// URL with a host"
     host = host.lower().rstrip(".")
+    if _allowed(host, allowed_hosts):
+        return None
     if host in BLOCKED_HOSTS or host.endswith(".localhost"):
         return f"points at {host}, which is blocked: use a public data host"
     try:
@@ -224,13 +243,15 @@ def url_problem(url: str) -> str | None:
     return None
 
 
-def validate_tuning_input(workspace: Workspace) -> list[FieldError]:
+def validate_tuning_input(
+    workspace: Workspace, allowed_hosts: Collection[str] = ()
+) -> list[FieldError]:
     """Dataset URLs must be public http(s) (v1beta1's SSRF rules, applied to both versions)."""
     if workspace.tuning is None:
         return []
     errors = []
     for i, url in enumerate(workspace.tuning.input.urls or []):
-        problem = url_problem(url)
+        problem = url_problem(url, allowed_hosts)
         if problem:
             errors.append(FieldError(f"tuning.input.urls[{i}]", problem))
     return errors

@@ -32,6 +32,8 @@ class ClusterOptions:
       set, every preset pulls `<registry>/kaito-<preset>:<tag>` [empty: the catalog's].
     - preset_pull_secrets: dockerconfigjson Secrets (in each Workspace's namespace) for
       preset_registry, added to every pod that pulls a catalog weights image [none].
+    - tuning_allowed_hosts: internal hosts, addresses or networks dataset URLs may reach;
+      the tuning downloader gets them as KAITO_TUNING_ALLOWED_HOSTS [none].
     """
 
     cloud_provider: str = "azure"
@@ -45,6 +47,7 @@ class ClusterOptions:
     tuning_storage: str = "1024Gi"
     preset_registry: str = ""
     preset_pull_secrets: tuple[str, ...] = ()
+    tuning_allowed_hosts: tuple[str, ...] = ()
 
     @property
     def uses_nodeclaims(self) -> bool:

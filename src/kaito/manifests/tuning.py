@@ -134,6 +134,12 @@ def _input_stage(ctx: WorkspaceContext) -> tuple[list[JSON], list[JSON]]:
                 **base,
                 "command": ["python", "-c", FETCH_URLS_SCRIPT],
                 "args": list(source.urls),
+                "env": [
+                    {
+                        "name": "KAITO_TUNING_ALLOWED_HOSTS",
+                        "value": ",".join(ctx.options.tuning_allowed_hosts),
+                    }
+                ],
                 "volumeMounts": [data_mount],
             }
         ], []

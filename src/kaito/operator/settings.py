@@ -116,6 +116,13 @@ class Settings:
     leader_election_retry_period: float = _setting(
         2.0, "Seconds between renewals by the leader and attempts by standbys."
     )
+    tuning_allowed_hosts: str = _setting(
+        "",
+        "Comma-separated host names, addresses or networks (CIDR) that tuning dataset URLs "
+        "may reach although internal, e.g. an in-cluster data server; admission accepts them "
+        "and each tuning Job's downloader gets them as KAITO_TUNING_ALLOWED_HOSTS "
+        "(docs/tuning.md). Empty: only public addresses.",
+    )
     liveness_endpoint: str = _setting(
         "",
         "kopf's health endpoint for probes, e.g. http://0.0.0.0:8080/healthz; empty: none.",
@@ -138,6 +145,9 @@ class Settings:
             preset_registry=self.preset_registry.rstrip("/"),
             preset_pull_secrets=tuple(
                 name for name in (n.strip() for n in self.preset_pull_secrets.split(",")) if name
+            ),
+            tuning_allowed_hosts=tuple(
+                h for h in (n.strip() for n in self.tuning_allowed_hosts.split(",")) if h
             ),
         )
 

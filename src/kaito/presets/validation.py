@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -261,6 +261,7 @@ def validate_workspace(
     config_map_lookup: ConfigMapLookup | None = None,
     release_namespace: str = DEFAULT_RELEASE_NAMESPACE,
     vllm_enabled: bool = True,
+    allowed_hosts: Collection[str] = (),
 ) -> list[FieldError]:
     """Every admission error for a Workspace body (CREATE when old is None, else UPDATE).
 
@@ -280,7 +281,7 @@ def validate_workspace(
         # catalog that changed after the Workspace was admitted.
         return errors
     errors += validate_metadata(workspace)
-    errors += validate_tuning_input(workspace)
+    errors += validate_tuning_input(workspace, allowed_hosts)
     preset, preset_errors = _preset_errors(workspace, catalog)
     errors += preset_errors
     if preset is not None and not preset_errors:
