@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import uuid
+import hashlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
 
 from lightkube import ALL_NS, ApiError, AsyncClient, KubeConfig
+from lightkube.resources.admissionregistration_v1 import ValidatingWebhookConfiguration
 from lightkube.resources.apps_v1 import ControllerRevision, StatefulSet
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import ConfigMap, Event, Node, PersistentVolumeClaim, Pod, Service
 from lightkube.types import CascadeType, PatchType
 
 from kaito.api.workspace import Workspace as WorkspaceModel
+from kaito.k8s.ownership import (
+    ChildWriteError,
+    NameConflictError,
+    Owner,
+    controller_uid,
+    owned_for_delete,
+    owns,
+)
 from kaito.k8s.resources import NodeClaim, Workspace, resource_for
+from kaito.manifests.inference import default_config_map_name, headless_service_name
 from kaito.manifests.keys import FIELD_MANAGER, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE
 from kaito.manifests.options import ClusterOptions
 from kaito.manifests.preflight import preflight_job_name
@@ -48,6 +58,15 @@ def is_not_found(error: ApiError) -> bool:
 
 def is_conflict(error: ApiError) -> bool:
     return getattr(error.status, "code", None) == 409
+
+
+def api_message(error: ApiError) -> str:
+    """The apiserver's own message for a failed call (what it says is wrong)."""
+    return str(getattr(error.status, "message", None) or error)
+
+
+def status_code(error: ApiError) -> int:
+    return int(getattr(error.status, "code", 0) or 0)
 
 
 def rfc3339(moment: datetime.datetime | None = None) -> str:
@@ -129,6 +148,10 @@ class Kube:
         async def claims() -> list[JSON]:
             return await self.nodeclaims_of(ns, name) if options.uses_nodeclaims else []
 
+        # Names the workspace would create: taken by anything it does not control stops it
+        # here, before any GPU node is requested.
+        await self.check_names(workspace)
+
         lists = asyncio.gather(
             claims(),
             nodes(),
@@ -173,6 +196,26 @@ class Kube:
             revisions=tuple(revisions),
         )
 
+    async def check_names(self, workspace: WorkspaceModel) -> None:
+        """Raise NameConflictError when a fixed-name child of the workspace exists and its
+        controller is not this workspace (the apply and delete guards catch the rest)."""
+        ns, name = workspace.namespace, workspace.name
+        wanted: list[tuple[Any, str]] = []
+        if workspace.inference is not None:
+            wanted += [(StatefulSet, name), (Service, name), (Service, headless_service_name(name))]
+            if not workspace.inference.config and workspace.inference.template is None:
+                wanted.append((ConfigMap, default_config_map_name(name)))
+        if workspace.tuning is not None:
+            wanted += [(Job, name), (Job, preflight_job_name(name))]
+            if workspace.tuning.output.volume_source is None:
+                wanted.append((PersistentVolumeClaim, results_claim_name(name)))
+        found = await asyncio.gather(*(self.get(res, child, ns) for res, child in wanted))
+        owner = Owner(workspace.metadata.uid or "", name, ns)
+        for (res, _), existing in zip(wanted, found, strict=True):
+            if existing is not None and controller_uid(existing) != owner.uid:
+                existing.setdefault("kind", res._api_info.resource.kind)
+                raise NameConflictError(existing, owner)
+
     async def watch_json(self, res: Any) -> AsyncIterator[tuple[str, JSON]]:
         """(ADDED | MODIFIED | DELETED, object) for every change of a cluster-scoped kind."""
         async for op, obj in self.client.watch(res):
@@ -198,8 +241,9 @@ class Kube:
             )
         return to_json(patched)
 
-    async def apply(self, obj: Mapping[str, Any]) -> JSON:
-        """Server-side apply under the controller's field manager (force: kaito owns these)."""
+    async def server_side_apply(self, obj: Mapping[str, Any]) -> JSON:
+        """Forced server-side apply with no ownership check: for objects that are not a
+        Workspace's (the node simulator's Nodes). The controller uses `apply`."""
         res = resource_for(obj["apiVersion"], obj["kind"])
         meta = obj["metadata"]
         kwargs: dict[str, Any] = {
@@ -211,7 +255,9 @@ class Kube:
             kwargs["namespace"] = meta["namespace"]
         return to_json(await self.client.patch(res, meta["name"], dict(obj), **kwargs))
 
-    async def delete(self, ref: ObjectRef) -> None:
+    async def remove(self, ref: ObjectRef) -> None:
+        """Delete with no ownership check (the node simulator's own Nodes and volumes); gone
+        already is fine. The controller uses `delete`."""
         res = resource_for(ref.api_version, ref.kind)
         try:
             if ref.namespace:
@@ -223,6 +269,50 @@ class Kube:
         except ApiError as error:
             if not is_not_found(error):
                 raise
+
+    async def apply(self, obj: Mapping[str, Any], owner: Owner) -> JSON:
+        """Server-side apply under the controller's field manager, only over an object that
+        `owner` owns (force: then every field is kaito's). A ConfigMap is created once and
+        never changed afterwards, so the operator holds no patch on ConfigMaps.
+
+        Raises NameConflictError for an object owned by someone else, ChildWriteError when the
+        apiserver refuses the write.
+        """
+        res = resource_for(obj["apiVersion"], obj["kind"])
+        meta = obj["metadata"]
+        namespace = meta.get("namespace") or None
+        try:
+            existing = await self.get(res, meta["name"], namespace)
+            if existing is not None:
+                existing.setdefault("kind", obj["kind"])
+                if not owns(existing, obj, owner):
+                    raise NameConflictError(existing, owner)
+                if obj["kind"] == "ConfigMap":
+                    return existing
+            if obj["kind"] == "ConfigMap":
+                return to_json(await self.client.create(res.from_dict(dict(obj))))
+            return await self.server_side_apply(obj)
+        except ApiError as error:
+            raise ChildWriteError("apply", obj, status_code(error), api_message(error)) from error
+
+    async def delete(self, ref: ObjectRef, owner: Owner) -> None:
+        """Delete an object `owner` owns; gone already is fine, someone else's is a conflict."""
+        res = resource_for(ref.api_version, ref.kind)
+        target = {
+            "kind": ref.kind,
+            "metadata": {"name": ref.name, "namespace": ref.namespace},
+        }
+        try:
+            existing = await self.get(res, ref.name, ref.namespace)
+            if existing is None:
+                return
+            existing.setdefault("kind", ref.kind)
+            if not owned_for_delete(existing, owner):
+                raise NameConflictError(existing, owner)
+            await self.remove(ref)
+        except ApiError as error:
+            code, message = status_code(error), api_message(error)
+            raise ChildWriteError("delete", target, code, message) from error
 
     async def write_status(
         self, namespace: str, name: str, old: Mapping[str, Any], new: Mapping[str, Any]
@@ -247,21 +337,26 @@ class Kube:
         )
 
     async def event(self, body: Mapping[str, Any], event: PlannedEvent) -> None:
-        """A core/v1 Event about the workspace; losing one is not worth failing a reconcile."""
+        """A core/v1 Event about the workspace; losing one is not worth failing a reconcile.
+
+        The same (type, reason, message) about the same Workspace is one Event object whose
+        count and lastTimestamp grow, as client-go's recorder does, so a failure that recurs
+        every backoff period does not leave one object per attempt.
+        """
         meta = body.get("metadata") or {}
         now = rfc3339()
+        namespace = str(meta.get("namespace"))
+        key = "/".join((str(meta.get("uid")), event.type, event.reason, event.message))
+        name = f"{meta.get('name')}.{hashlib.sha256(key.encode()).hexdigest()[:16]}"
         record = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {
-                "name": f"{meta.get('name')}.{uuid.uuid4().hex[:12]}",
-                "namespace": meta.get("namespace"),
-            },
+            "metadata": {"name": name, "namespace": namespace},
             "involvedObject": {
                 "apiVersion": body.get("apiVersion"),
                 "kind": "Workspace",
                 "name": meta.get("name"),
-                "namespace": meta.get("namespace"),
+                "namespace": namespace,
                 "uid": meta.get("uid"),
             },
             "type": event.type,
@@ -273,6 +368,31 @@ class Kube:
             "count": 1,
         }
         try:
-            await self.client.create(cast(Event, Event.from_dict(record)))
+            try:
+                await self.client.create(cast(Event, Event.from_dict(record)))
+            except ApiError as error:
+                if not is_conflict(error):
+                    raise
+                seen = await self.get(Event, name, namespace)
+                count = int((seen or {}).get("count") or 1) + 1
+                await self.client.patch(
+                    Event,
+                    name,
+                    {"count": count, "lastTimestamp": now},
+                    namespace=namespace,
+                    patch_type=PatchType.MERGE,
+                )
         except ApiError:
             return
+
+    async def patch_webhook_ca(self, name: str, webhooks: list[str], ca_bundle: str) -> None:
+        """Set the caBundle of the named webhooks in the ValidatingWebhookConfiguration `name`
+        (one the chart installed), so the apiserver trusts this process's certificate."""
+        patch = {
+            "webhooks": [
+                {"name": hook, "clientConfig": {"caBundle": ca_bundle}} for hook in webhooks
+            ]
+        }
+        await self.client.patch(
+            ValidatingWebhookConfiguration, name, patch, patch_type=PatchType.STRATEGIC
+        )

@@ -13,8 +13,18 @@ from lightkube import ApiError
 
 from kaito.api.workspace import Workspace
 from kaito.k8s.client import Kube, rfc3339
+from kaito.k8s.ownership import ChildWriteError, Owner
 from kaito.manifests.keys import LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE
 from kaito.operator.errors import classify
+from kaito.operator.failures import (
+    QUIET_RETRIES,
+    QUIET_RETRY_S,
+    Failure,
+    backoff_seconds,
+    failed_status,
+    failure_of,
+    recovered_status,
+)
 from kaito.operator.settings import Settings
 from kaito.reconcile.planner import parse, plan
 from kaito.reconcile.types import Event, Observed, Plan
@@ -76,51 +86,98 @@ class Controller:
         return result
 
     async def execute(self, body: Mapping[str, Any], result: Plan) -> None:
+        """Write the plan. Every child write checks ownership first (kaito.k8s); a refused
+        write raises NameConflictError or ChildWriteError before the status is written."""
         meta = body.get("metadata") or {}
         namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        owner = Owner.of(body)
         if result.annotations:
             await self.kube.annotate(namespace, name, result.annotations)
             self.stats.writes += 1
         applied: set[tuple[str, str]] = set()
+        claim_failure: ChildWriteError | None = None
         for obj in result.apply:
             try:
-                await self.kube.apply(obj)
-            except ApiError as error:
+                await self.kube.apply(obj, owner)
+            except ChildWriteError as error:
                 if obj["kind"] == "NodeClaim":
                     # One failed claim must not stop the others (upstream §8.1).
-                    message = f"Failed to create NodeClaim {obj['metadata']['name']}: {error}"
                     await self.kube.event(
-                        body, Event("Warning", "NodeClaimCreationFailed", message)
+                        body, Event("Warning", "NodeClaimCreationFailed", error.message)
                     )
                     self.stats.errors += 1
+                    claim_failure = claim_failure or error
                     continue
                 raise
             applied.add((obj["kind"], obj["metadata"]["name"]))
             self.stats.writes += 1
+        if claim_failure is not None:
+            # Announce the claims that did go out; the failure itself goes to the status.
+            for event in result.events:
+                if event.subject is not None and event.subject in applied:
+                    await self.kube.event(body, event)
+            raise claim_failure
         for ref in result.delete:
-            await self.kube.delete(ref)
+            await self.kube.delete(ref, owner)
             self.stats.writes += 1
-        if result.status is not None:
-            await self.kube.write_status(namespace, name, body.get("status") or {}, result.status)
+        old = body.get("status") or {}
+        status = result.status
+        # A pass that wrote everything ends the previous passes' failure.
+        cleared = recovered_status(status if status is not None else old)
+        status = cleared if cleared is not None else status
+        if status is not None:
+            await self.kube.write_status(namespace, name, old, status)
             self.stats.writes += 1
         for event in result.events:
             if event.subject is not None and event.subject not in applied:
                 continue  # announces an object whose apply failed
             await self.kube.event(body, event)
 
+    async def report(self, body: Mapping[str, Any], failure: Failure) -> None:
+        """The failure as the ReconcileError condition (and WorkspaceSucceeded) plus one
+        aggregated Warning Event; reporting problems are logged, never raised."""
+        meta = body.get("metadata") or {}
+        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        old = body.get("status") or {}
+        status = failed_status(
+            old, failure, generation=int(meta.get("generation") or 0), now=rfc3339()
+        )
+        try:
+            if status is not None:
+                await self.kube.write_status(namespace, name, old, status)
+                self.stats.writes += 1
+        except (ApiError, OSError) as error:
+            log.warning("%s/%s: could not report %s: %s", namespace, name, failure.reason, error)
+        await self.kube.event(body, Event("Warning", failure.reason, failure.message))
+
     async def run_loop(self, body: Mapping[str, Any], stopped: Any) -> None:
-        """Reconcile a workspace until kopf stops its daemon; sleep on events, not polls."""
+        """Reconcile a workspace until kopf stops its daemon; sleep on events, not polls.
+
+        A failed pass is reported in the status and retried after errorBackoffSeconds,
+        doubling per failure in a row up to errorBackoffMaxSeconds; during that wait only a
+        new Workspace generation (the user changed the spec) retries early.
+        """
         meta = body.get("metadata") or {}
         namespace, name = str(meta.get("namespace")), str(meta.get("name"))
         wake = self.wakeup(namespace, name)
+        failures = 0
         try:
             while not stopped:
                 wake.clear()
                 delay: float | None
+                generation = _generation(body)
                 try:
                     result = await self.reconcile(body)
                     delay = result.requeue_after
+                    failures = 0
                 except Exception as error:  # classified below; unexpected ones re-raise
+                    failure = failure_of(error)
+                    if failure is not None:
+                        failures += 1
+                        self.stats.errors += 1
+                        delay = await self.failed(body, failure, failures)
+                        await self.back_off(body, wake, stopped, generation, delay)
+                        continue
                     outcome = classify(error)
                     if outcome.tier == "unexpected":
                         self.stats.errors += 1
@@ -130,6 +187,42 @@ class Controller:
                 await sleep_until(wake, stopped, delay or self.settings.resync_seconds)
         finally:
             self.forget(namespace, name)
+
+    async def back_off(
+        self,
+        body: Mapping[str, Any],
+        wake: asyncio.Event,
+        stopped: Any,
+        generation: int,
+        seconds: float,
+    ) -> None:
+        """Wait `seconds`; child events do not end the wait, a new generation does."""
+        deadline = time.monotonic() + seconds
+        while not stopped and (left := deadline - time.monotonic()) > 0:
+            wake.clear()
+            await sleep_until(wake, stopped, left)
+            if _generation(body) != generation:
+                return
+
+    async def failed(self, body: Mapping[str, Any], failure: Failure, failures: int) -> float:
+        """Report a failed pass (after the quiet retries of a retryable one); the delay."""
+        meta = body.get("metadata") or {}
+        where = f"{meta.get('namespace')}/{meta.get('name')}"
+        if failure.retryable and failures <= QUIET_RETRIES:
+            log.info("%s: %s (retrying)", where, failure.message)
+            return QUIET_RETRY_S
+        log.warning("%s: %s: %s", where, failure.reason, failure.message)
+        await self.report(body, failure)
+        quiet = QUIET_RETRIES if failure.retryable else 0
+        return backoff_seconds(
+            failures - quiet,
+            self.settings.error_backoff_seconds,
+            self.settings.error_backoff_max_seconds,
+        )
+
+
+def _generation(body: Mapping[str, Any]) -> int:
+    return int((body.get("metadata") or {}).get("generation") or 0)
 
 
 async def sleep_until(wake: asyncio.Event, stopped: Any, seconds: float) -> None:

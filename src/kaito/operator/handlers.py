@@ -11,7 +11,13 @@ from kaito.k8s.client import Kube
 from kaito.manifests.keys import FINALIZER, LABEL_WORKSPACE
 from kaito.operator.controller import Controller
 from kaito.operator.settings import Settings
-from kaito.operator.webhook import WEBHOOK_NAME, admission_errors, webhook_server
+from kaito.operator.webhook import (
+    WEBHOOK_HANDLER_ID,
+    WEBHOOK_NAME,
+    CaPublisher,
+    admission_errors,
+    webhook_server,
+)
 
 WORKSPACES = ("kaito.sh", "v1beta1", "workspaces")
 OWNED = {LABEL_WORKSPACE: kopf.PRESENT}
@@ -40,11 +46,15 @@ def build_registry(
         settings.posting.enabled = False
         settings.watching.server_timeout = 120
         settings.watching.client_timeout = 150
+        kube = Kube.from_env()
         if serve_webhook:
-            settings.admission.server = webhook_server(op_settings)
+            server: Any = webhook_server(op_settings)
+            if op_settings.webhook_configuration:
+                server = CaPublisher(server, kube, op_settings.webhook_configuration)
+            settings.admission.server = server
             if op_settings.webhook_managed:
                 settings.admission.managed = WEBHOOK_NAME
-        memo.controller = Controller(Kube.from_env(), op_settings)
+        memo.controller = Controller(kube, op_settings)
 
     _settings = settings
 
@@ -112,13 +122,16 @@ def _register_reconcile(registry: kopf.OperatorRegistry) -> None:
 
 def _register_webhook(registry: kopf.OperatorRegistry) -> None:
     # kopf refuses to start with admission handlers but no server, so only when enabled.
-    # An explicit id: the generated one is not a valid webhook name.
+    # An explicit id: the generated one is not a valid webhook name. Persistent: kopf keeps
+    # it in a managed configuration when the operator stops (failurePolicy Fail), so a
+    # restart or rollout never lets a Workspace in unchecked.
     @kopf.on.validate(
         "kaito.sh",
         "workspaces",
-        id="workspace",
+        id=WEBHOOK_HANDLER_ID,
         registry=registry,
         operations=["CREATE", "UPDATE"],
+        persistent=True,
     )
     async def validate(body: kopf.Body, memo: Any, warnings: list[str], **kwargs: Any) -> None:
         controller: Controller = memo.controller

@@ -60,7 +60,33 @@ class Settings:
         300.0, "Seconds between reconciles of a workspace that nothing happens to."
     )
     error_backoff_seconds: float = _setting(
-        5.0, "Seconds before retrying after an unexpected error."
+        5.0,
+        "Seconds before retrying a Workspace whose last pass failed (an API error writing a "
+        "child, a name conflict); doubles per failure in a row.",
+    )
+    error_backoff_max_seconds: float = _setting(
+        300.0, "Longest wait between retries of a failing Workspace (seconds)."
+    )
+    max_nodeclaims_per_workspace: int = _setting(
+        8, "Most NodeClaims (GPU nodes) one Workspace may ask for (count)."
+    )
+    max_nodeclaims_total: int = _setting(
+        64, "Most NodeClaims all Workspaces together may hold (count); 0: no limit."
+    )
+    node_ready_timeout_seconds: float = _setting(
+        1800.0,
+        "Seconds a NodeClaim may take to become Ready before the Workspace reports "
+        "NodeClaimTimeout and stops replacing it; 0: wait forever.",
+    )
+    allow_non_gpu_instance_types: bool = _setting(
+        False,
+        "Admit GPU presets on instance types kaito does not know as GPU SKUs (CPU or unknown "
+        "types); CPU presets are admitted on any type either way.",
+    )
+    allow_privileged_templates: bool = _setting(
+        False,
+        "Admit custom pod templates that ask for privileged containers, added capabilities, "
+        "hostPath volumes or host namespaces.",
     )
     webhook_enabled: bool = _setting(False, "Serve the validating admission webhook.")
     webhook_address: str = _setting(
@@ -77,7 +103,14 @@ class Settings:
     webhook_managed: bool = _setting(
         True,
         "Let the operator create and update the ValidatingWebhookConfiguration "
-        "validation.workspace.kaito.sh itself.",
+        "validation.workspace.kaito.sh itself (development; it stays registered when the "
+        "operator stops). The chart installs the configuration instead and sets false.",
+    )
+    webhook_configuration: str = _setting(
+        "",
+        "Name of a ValidatingWebhookConfiguration installed with the chart whose caBundle "
+        "this process sets to its self-signed CA at start (patch only, never create or "
+        "delete); empty: none.",
     )
     webhook_service: str = _setting(
         "",
@@ -189,6 +222,22 @@ class Settings:
             )
         except ValueError as exc:
             raise SettingsError(f"{PREFIX}LEADER_ELECTION_*: {exc}") from exc
+        for name in ("resync_seconds", "error_backoff_seconds", "error_backoff_max_seconds"):
+            if getattr(settings, name) <= 0:
+                raise SettingsError(
+                    f"{PREFIX}{name.upper()}={getattr(settings, name)!r}: must be above 0 "
+                    "(0 would re-run every reconcile in a busy loop)"
+                )
+        for name in ("max_nodeclaims_per_workspace", "max_concurrent_reconciles"):
+            if getattr(settings, name) < 1:
+                raise SettingsError(
+                    f"{PREFIX}{name.upper()}={getattr(settings, name)}: use 1 or more"
+                )
+        for name in ("max_nodeclaims_total", "node_ready_timeout_seconds"):
+            if getattr(settings, name) < 0:
+                raise SettingsError(
+                    f"{PREFIX}{name.upper()}={getattr(settings, name)}: use 0 (no limit) or more"
+                )
         if settings.cloud_provider not in ("azure", "aws", "arc"):
             raise SettingsError(
                 f"{PREFIX}CLOUD_PROVIDER={settings.cloud_provider!r}: use azure, aws or arc"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -22,6 +23,11 @@ from kaito.presets.validation import (
 from kaito.reconcile.observed import wanted_config_maps
 
 WEBHOOK_NAME = "validation.workspace.kaito.sh"
+# kopf names a handler's webhook entry <handler id>.<configuration name>; the chart's
+# configuration uses the same name so that either may manage it.
+WEBHOOK_HANDLER_ID = "workspace"
+WEBHOOK_ENTRY = f"{WEBHOOK_HANDLER_ID}.{WEBHOOK_NAME}"
+log = logging.getLogger("kaito.operator")
 
 
 async def admission_errors(
@@ -80,6 +86,26 @@ class ServiceWebhookServer(kopf.WebhookServer):
                 "port": self.port,
             }
             yield {"service": service, "caBundle": config.get("caBundle")}
+
+
+class CaPublisher:
+    """Wraps a webhook server: each client config it yields (its CA) is written into the
+    chart's ValidatingWebhookConfiguration before kopf sees it. Only the caBundle is patched;
+    the configuration (failurePolicy Fail) stays registered when this process stops, so
+    admission fails closed instead of falling back to the CRD's checks."""
+
+    def __init__(self, server: kopf.WebhookServer, kube: Kube, configuration: str) -> None:
+        self.server = server
+        self.kube = kube
+        self.configuration = configuration
+
+    async def __call__(self, fn: Any) -> AsyncIterator[Any]:
+        async for config in self.server(fn):
+            ca = config.get("caBundle")
+            if ca:
+                await self.kube.patch_webhook_ca(self.configuration, [WEBHOOK_ENTRY], ca)
+                log.info("webhook CA written to %s", self.configuration)
+            yield config
 
 
 def webhook_server(settings: Settings) -> kopf.WebhookServer:

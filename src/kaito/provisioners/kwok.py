@@ -181,7 +181,7 @@ class NodeSimulator:
         name = manifest["metadata"]["name"]
         body = {k: v for k, v in manifest.items() if k != "status"}
         with contextlib.suppress(ApiError):
-            await self.kube.apply(body)
+            await self.kube.server_side_apply(body)
             await self.kube.merge_status(NODE, name, manifest["status"])
         return await self.kube.get(NODE, name)
 
@@ -191,7 +191,7 @@ class NodeSimulator:
 
     async def delete_node(self, name: str) -> None:
         with contextlib.suppress(ApiError):
-            await self.kube.delete(ObjectRef("v1", "Node", name))
+            await self.kube.remove(ObjectRef("v1", "Node", name))
 
     async def sweep(self) -> None:
         """Level-based pass: every claim handled once, nodes of vanished claims deleted."""
@@ -223,7 +223,7 @@ class NodeSimulator:
             if ours and (volume.get("status") or {}).get("phase") == "Released":
                 with contextlib.suppress(ApiError):
                     name = volume["metadata"]["name"]
-                    await self.kube.delete(ObjectRef("v1", "PersistentVolume", name))
+                    await self.kube.remove(ObjectRef("v1", "PersistentVolume", name))
 
     async def watch(self) -> None:
         async for op, claim in self.kube.watch_json(NodeClaim):
