@@ -2,51 +2,87 @@
 # (python -m kaito.runtime.inference | kaito.runtime.tuning). One image serves both, as the
 # operator's KAITO_RUNTIME_IMAGE is one image.
 #
-# CPU (default):
+# CPU (default; torch from PyPI, which carries its CUDA libraries, see docker/README.md):
 #   docker build -f docker/runtime.Dockerfile -t kaito-runtime:cpu .
-# CUDA:
+# CPU, smaller, where the PyTorch CPU index is reachable: --build-arg TORCH_INDEX=cpu
+# CUDA (vLLM and bitsandbytes from the gpu extra; vLLM's wheels are built for CUDA 13):
 #   docker build -f docker/runtime.Dockerfile -t kaito-runtime:cuda \
-#     --build-arg BASE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 --build-arg TORCH_INDEX=cu128 .
-# Inference only (smaller): --build-arg EXTRAS=inference
+#     --build-arg BASE=nvidia/cuda:13.0.2-base-ubuntu24.04 --build-arg EXTRAS=inference,tuning,gpu .
+# Inference only: --build-arg EXTRAS=inference
+# Without a daemon: `kaito dev images build` (buildah; passes BASE, see docker/README.md).
 #
 # Runs as UID 10001 (a CUDA base already has UID 1000). The workloads the operator creates mount /mnt/*, /workspace and /dev/shm;
 # caches go to $HOME (/home/kaito) or the HF_HOME volume the tuning Job sets.
 
+# Any Debian or Ubuntu image; python3 (>= 3.11) and its venv module are installed when missing.
 ARG BASE=python:3.11.13-slim-bookworm
-FROM python:3.11.13-slim-bookworm AS build
+
+FROM ${BASE} AS build
+# uv matches tools/setup.sh's, so a dev build can mount the developer's uv cache at /root/.cache/uv.
+ARG UV_VERSION=0.13.9
+# Build-time settings (ARG, not ENV: none of them belongs in the image): the system trust store
+# (which a dev build may replace with the host's, see docker/README.md), no Python downloads.
+ARG UV_NATIVE_TLS=true
+ARG UV_LINK_MODE=copy
+ARG UV_PYTHON_DOWNLOADS=never
+ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+ARG PIP_DISABLE_PIP_VERSION_CHECK=1
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# CUDA bases are Ubuntu without Python; Debian-based ones already have it.
+# Unpinned apt versions (DL3008): the package versions differ between the slim and CUDA bases.
+# hadolint ignore=DL3008
+RUN if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip' 2>/dev/null; then \
+      apt-get update \
+      && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi \
+ && python3 -m venv /opt/uv \
+ && /opt/uv/bin/pip install --no-cache-dir "uv==${UV_VERSION}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install --no-cache-dir --disable-pip-version-check build==1.2.2 \
- && python -m build --wheel --outdir /wheels .
+RUN --mount=type=cache,target=/root/.cache/uv /opt/uv/bin/uv build --wheel --out-dir /wheels .
 
 FROM ${BASE}
-ARG TORCH_INDEX=cpu
+# Empty: plain PyPI. `cpu` or `cu130`: that PyTorch index first (its CPU wheels are ~10x smaller).
+ARG TORCH_INDEX=""
 ARG EXTRAS=inference,tuning
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     VIRTUAL_ENV=/opt/kaito \
     PATH=/opt/kaito/bin:$PATH \
     HOME=/home/kaito
+ARG UV_NATIVE_TLS=true
+ARG UV_LINK_MODE=copy
+ARG UV_PYTHON_DOWNLOADS=never
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# CUDA bases are Ubuntu without a Python venv module; the slim base already has Python 3.11.
-# Unpinned apt versions (DL3008): the package versions differ between the slim and CUDA bases.
 # hadolint ignore=DL3008
-RUN if ! command -v python3 >/dev/null || ! python3 -m venv --help >/dev/null 2>&1; then \
+RUN if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip' 2>/dev/null; then \
       apt-get update \
-      && apt-get install -y --no-install-recommends python3 python3-venv \
+      && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
       && rm -rf /var/lib/apt/lists/*; \
     fi \
- && python3 -m venv /opt/kaito
-COPY --from=build /wheels /wheels
-# torch from the PyTorch index of the variant (CPU wheels are ~10x smaller than CUDA ones).
-RUN pip install --no-cache-dir --disable-pip-version-check \
-      --extra-index-url "https://download.pytorch.org/whl/${TORCH_INDEX}" \
-      "$(ls /wheels/kaito-*.whl)[${EXTRAS}]" \
- && rm -rf /wheels \
+ && python3 -m venv --without-pip /opt/kaito \
  && groupadd --gid 10001 kaito \
  && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/kaito --shell /usr/sbin/nologin kaito \
  && install -d -o 10001 -g 10001 /workspace
+# Dependencies (the torch stack, GBs) before the kaito wheel: a change under src/ rebuilds only
+# the layers after this one.
+COPY pyproject.toml /opt/kaito/pyproject.toml
+RUN --mount=type=bind,from=build,source=/opt/uv,target=/opt/uv \
+    --mount=type=cache,target=/root/.cache/uv \
+    extras=(); for extra in ${EXTRAS//,/ }; do extras+=(--extra "$extra"); done \
+ && index=(); if [ -n "$TORCH_INDEX" ]; then \
+      index=(--index "https://download.pytorch.org/whl/${TORCH_INDEX}" --index-strategy unsafe-best-match); \
+    fi \
+ && /opt/uv/bin/uv pip install --python /opt/kaito/bin/python --compile-bytecode \
+      "${index[@]}" -r /opt/kaito/pyproject.toml "${extras[@]}"
+COPY --from=build /wheels /wheels
+RUN --mount=type=bind,from=build,source=/opt/uv,target=/opt/uv \
+    --mount=type=cache,target=/root/.cache/uv \
+    /opt/uv/bin/uv pip install --python /opt/kaito/bin/python --compile-bytecode --no-deps \
+      /wheels/kaito-*.whl \
+ && rm -rf /wheels
 WORKDIR /workspace
 USER 10001:10001
 EXPOSE 5000

@@ -6,12 +6,15 @@ from pathlib import Path
 
 import typer
 
+from kaito.cli import dev_images
+
 app = typer.Typer(help="Developer tools.", no_args_is_help=True)
 cluster_app = typer.Typer(
     help="A local Kubernetes control plane (etcd, apiserver, controller-manager, scheduler, kwok).",
     no_args_is_help=True,
 )
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(dev_images.app, name="images")
 
 NAME_OPTION = typer.Option(
     "default", "--name", help="Cluster name; state in $KAITO_HOME/dev/<name>."

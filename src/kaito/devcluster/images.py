@@ -1,0 +1,433 @@
+"""Daemonless builds of the operator and runtime images (buildah) for a dev registry.
+
+`build_images(registry)` builds `docker/operator.Dockerfile` and `docker/runtime.Dockerfile`
+with buildah (chroot isolation, no daemon), on a base image bootstrapped here from Debian
+packages with mmdebstrap (the public python and CUDA bases are not reachable), pushes them over
+plain HTTP and returns their references. Each image is tagged with a hash of everything that
+decides its contents, so a rerun whose tag is already in the registry builds nothing; buildah's
+layer cache makes a change under `src/` rebuild only the layers after the dependency install.
+State lives under `$KAITO_HOME/images`; the uv download cache (`$KAITO_HOME/uv`, shared with
+`tools/setup.sh`) is lent to the build so the torch stack is downloaded once per machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from kaito.devcluster.binaries import kaito_home
+
+IMAGE_NAMES = ("operator", "runtime")
+REPOSITORY_PREFIX = "kaito"
+# What the Dockerfiles need from a base: Python with venv, and a CA store for PyPI.
+BASE_SUITE = "bookworm"
+BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+# Bumped when the recipe below changes in a way the package list does not show.
+BASE_RECIPE = "2"
+TOOLS_HINT = (
+    "install them with tools/setup.d/45-image-builder.sh (apt-get install buildah mmdebstrap)"
+)
+# Where the Dockerfiles' RUN steps keep uv's cache (root's default UV_CACHE_DIR).
+BUILD_UV_CACHE = "/root/.cache/uv"
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
+
+Log = Callable[[str], None]
+
+
+class ImageBuildError(RuntimeError):
+    """A build step failed or a tool is missing; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class ImageRefs:
+    """Where the built images are: `operator` and `runtime` are registry references that a
+    kubelet can pull; `local` maps each name to the copy in the builder's own storage."""
+
+    operator: str
+    runtime: str
+    local: dict[str, str] = field(default_factory=dict)
+    built: tuple[str, ...] = ()
+
+    def __getitem__(self, name: str) -> str:
+        if name not in IMAGE_NAMES:
+            raise KeyError(name)
+        return str(getattr(self, name))
+
+    def as_dict(self) -> dict[str, str]:
+        return {"operator": self.operator, "runtime": self.runtime}
+
+
+def source_root() -> Path:
+    """The checkout holding docker/*.Dockerfile (images are built from source, not the wheel)."""
+    root = Path(__file__).resolve().parents[3]
+    if not (root / "docker" / "operator.Dockerfile").is_file():
+        raise ImageBuildError(
+            f"no docker/operator.Dockerfile above {Path(__file__).parent}: "
+            "build images from a source checkout (pip install -e)"
+        )
+    return root
+
+
+def missing_tools() -> list[str]:
+    """The builder tools not on PATH (empty when the host can build)."""
+    return [tool for tool in ("buildah", "mmdebstrap") if shutil.which(tool) is None]
+
+
+def storage_driver(root: Path) -> str:
+    """overlay where the kernel has it and the storage is not itself on overlayfs (each layer
+    is then a diff); vfs otherwise (a full copy per layer: slow and GBs for the torch stack).
+    $KAITO_IMAGE_STORAGE_DRIVER overrides."""
+    chosen = os.environ.get("KAITO_IMAGE_STORAGE_DRIVER")
+    if chosen:
+        return chosen
+    try:
+        kernel_has_overlay = "\toverlay\n" in Path("/proc/filesystems").read_text()
+    except OSError:
+        kernel_has_overlay = False
+    probe = root
+    while not probe.exists():
+        probe = probe.parent
+    on_overlay = _filesystem_type(probe) in {"overlay", "overlayfs", "fuse-overlayfs"}
+    return "overlay" if kernel_has_overlay and not on_overlay else "vfs"
+
+
+def _filesystem_type(path: Path) -> str:
+    """The filesystem type of the mount holding `path`, from /proc/self/mounts."""
+    best, kind = "", ""
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return ""
+    resolved = str(path.resolve())
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mount = parts[1]
+        inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) > len(best):
+            best, kind = mount, parts[2]
+    return kind
+
+
+@dataclass
+class Builder:
+    """buildah with its own storage under `home` (not /var/lib/containers), chroot isolation."""
+
+    home: Path = field(default_factory=lambda: kaito_home() / "images")
+    log: Log = field(default=lambda message: None)
+    driver: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.driver:
+            self.driver = storage_driver(self.home)
+
+    @property
+    def storage(self) -> Path:
+        # One root per driver: containers/storage refuses to reopen a root with another driver.
+        return self.home / f"storage-{self.driver}"
+
+    def buildah(self, *args: str) -> list[str]:
+        return [
+            "buildah",
+            "--root",
+            str(self.storage),
+            "--runroot",
+            str(self.home / f"run-{self.driver}"),
+            "--storage-driver",
+            self.driver,
+            *args,
+        ]
+
+    def run(
+        self, *args: str, capture: bool = True, check: bool = True, timeout: float = 3600
+    ) -> subprocess.CompletedProcess[str]:
+        missing = missing_tools()
+        if missing:
+            raise ImageBuildError(f"{', '.join(missing)} not installed; {TOOLS_HINT}")
+        self.home.mkdir(parents=True, exist_ok=True)
+        command = self.buildah(*args)
+        result = subprocess.run(
+            command,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE if capture else None,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            detail = (result.stderr or "")[-3000:] if capture else "(output above)"
+            raise ImageBuildError(f"{' '.join(command[:8])} ... failed: {detail}")
+        return result
+
+    def image_exists(self, name: str) -> bool:
+        return self.run("inspect", "--type", "image", name, check=False).returncode == 0
+
+    def image_size(self, name: str) -> str:
+        """Unpacked size as buildah reports it (e.g. `255 MB`)."""
+        out = self.run("images", "--json", name).stdout
+        images = json.loads(out or "[]")
+        return str(images[0].get("size", "?")) if images else "?"
+
+    def image_config(self, name: str) -> dict[str, object]:
+        data = json.loads(self.run("inspect", "--type", "image", name).stdout)
+        config: dict[str, object] = data.get("OCIv1", {}).get("config", {})
+        return config
+
+    def clean(self, keep: Iterable[str]) -> None:
+        """Drop working containers, older kaito tags and the layers only they used."""
+        self.run("rm", "--all", check=False)
+        wanted = set(keep)
+        listing = json.loads(self.run("images", "--json").stdout or "[]")
+        for image in listing:
+            names = image.get("names") or []
+            stale = [
+                n
+                for n in names
+                if n.startswith(f"localhost/{REPOSITORY_PREFIX}/")
+                and "/base:" not in n
+                and n not in wanted
+            ]
+            if stale and len(stale) == len(names):
+                self.run("rmi", "--force", *stale, check=False)
+        # Each prune frees the leaves of the chains just untagged; repeat until none is left.
+        for _ in range(20):
+            result = self.run("rmi", "--prune", check=False)
+            if result.returncode != 0 or not result.stdout.strip():
+                break
+
+
+def uv_cache_dir() -> Path:
+    """The uv download cache tools/setup.sh fills ($UV_CACHE_DIR, else $KAITO_HOME/uv)."""
+    return Path(os.environ.get("UV_CACHE_DIR") or kaito_home() / "uv")
+
+
+def base_image(builder: Builder) -> str:
+    """A Debian base image with python3 and venv from mmdebstrap, built once and kept."""
+    recipe = json.dumps([BASE_SUITE, sorted(BASE_PACKAGES), BASE_RECIPE]).encode()
+    name = f"localhost/{REPOSITORY_PREFIX}/base:{BASE_SUITE}-{_digest(recipe)[:12]}"
+    if builder.image_exists(name):
+        return name
+    if shutil.which("mmdebstrap") is None:
+        raise ImageBuildError(f"mmdebstrap not installed; {TOOLS_HINT}")
+    builder.log(f"bootstrapping {name} from Debian {BASE_SUITE} packages (about a minute)")
+    started = time.monotonic()
+    builder.home.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=builder.home, prefix="base-") as scratch:
+        rootfs = Path(scratch) / "rootfs.tar"
+        command = [
+            "mmdebstrap",
+            "--variant=minbase",
+            "--mode=root" if os.geteuid() == 0 else "--mode=auto",
+            f"--include={','.join(BASE_PACKAGES)}",
+            # Documentation, manuals and translations have no use in an image.
+            "--dpkgopt=path-exclude=/usr/share/doc/*",
+            "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+            "--dpkgopt=path-exclude=/usr/share/man/*",
+            "--dpkgopt=path-exclude=/usr/share/locale/*",
+            "--dpkgopt=path-exclude=/usr/share/info/*",
+            '--aptopt=Acquire::Languages "none"',
+            BASE_SUITE,
+            str(rootfs),
+        ]
+        # With no mirror argument mmdebstrap reads sources from a non-terminal stdin; an empty
+        # one makes it use the host's apt sources, which is what a proxied machine needs.
+        result = subprocess.run(
+            command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise ImageBuildError(f"mmdebstrap failed: {result.stderr[-3000:]}")
+        container = builder.run("from", "scratch").stdout.strip()
+        try:
+            builder.run("add", container, str(rootfs), "/")
+            builder.run(
+                "config",
+                "--env",
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "--env",
+                "LANG=C.UTF-8",
+                "--cmd",
+                "/bin/bash",
+                "--label",
+                f"org.opencontainers.image.description=Debian {BASE_SUITE} minbase "
+                f"+ {' '.join(BASE_PACKAGES)} (mmdebstrap)",
+                container,
+            )
+            builder.run("commit", "--rm", container, name)
+        except BaseException:
+            builder.run("rm", container, check=False)
+            raise
+    builder.log(f"base image ready in {time.monotonic() - started:.0f} s")
+    return name
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _context_files(root: Path) -> list[Path]:
+    """The build context the Dockerfiles COPY (see .dockerignore): pyproject, README, src."""
+    files = [root / "pyproject.toml", root / "README.md"]
+    for path in sorted((root / "src").rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+            files.append(path)
+    return files
+
+
+def input_hash(root: Path, dockerfile: Path, build_args: dict[str, str], base_id: str) -> str:
+    """Hash of everything that decides an image: its Dockerfile, the context it copies, the
+    build arguments and the base image's ID."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(sorted(build_args.items())).encode())
+    digest.update(base_id.encode())
+    for path in [dockerfile, *_context_files(root)]:
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def in_registry(reference: str) -> bool:
+    """Whether a plain-HTTP registry already has `host:port/repository:tag`."""
+    host, _, rest = reference.partition("/")
+    repository, _, tag = rest.rpartition(":")
+    try:
+        response = httpx.head(
+            f"http://{host}/v2/{repository}/manifests/{tag}",
+            headers={"Accept": ", ".join(MANIFEST_TYPES)},
+            timeout=10,
+        )
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """One image to build: its Dockerfile and the build arguments beyond BASE."""
+
+    name: str
+    build_args: dict[str, str] = field(default_factory=dict)
+
+    def dockerfile(self, root: Path) -> Path:
+        return root / "docker" / f"{self.name}.Dockerfile"
+
+
+DEFAULT_SPECS = (ImageSpec("operator"), ImageSpec("runtime"))
+
+
+def build_images(
+    registry: str,
+    *,
+    only: Sequence[str] = IMAGE_NAMES,
+    force: bool = False,
+    log: Log | None = None,
+    builder: Builder | None = None,
+    root: Path | None = None,
+) -> ImageRefs:
+    """Build (when needed) and push the operator and runtime images to `registry`
+    (`host:port`, plain HTTP) and return their references. `only` limits what is built;
+    the others are still referenced by their current tag."""
+    say = log or (lambda message: None)
+    builder = builder or Builder(log=say)
+    root = root or source_root()
+    base = base_image(builder)
+    base_id = builder.run("inspect", "--type", "image", "--format", "{{.FromImageID}}", base)
+    references: dict[str, str] = {}
+    local: dict[str, str] = {}
+    built: list[str] = []
+    for spec in DEFAULT_SPECS:
+        dockerfile = spec.dockerfile(root)
+        args = {"BASE": base, **spec.build_args}
+        tag = "dev-" + input_hash(root, dockerfile, args, base_id.stdout.strip())[:16]
+        repository = f"{REPOSITORY_PREFIX}/{spec.name}"
+        reference = f"{registry}/{repository}:{tag}"
+        local_name = f"localhost/{repository}:{tag}"
+        references[spec.name], local[spec.name] = reference, local_name
+        if spec.name not in only:
+            continue
+        if not force and in_registry(reference):
+            say(f"{spec.name}: {reference} is current (inputs unchanged)")
+            continue
+        started = time.monotonic()
+        if force or not builder.image_exists(local_name):
+            say(f"{spec.name}: building {dockerfile.relative_to(root)}")
+            _build(builder, root, dockerfile, args, local_name)
+        say(f"{spec.name}: pushing to {reference}")
+        builder.run(
+            "push",
+            "--tls-verify=false",
+            # Loopback registry: compressing GBs of CUDA libraries costs minutes and saves
+            # nothing a kubelet on this machine would notice.
+            "--disable-compression",
+            local_name,
+            f"docker://{reference}",
+        )
+        built.append(spec.name)
+        size = builder.image_size(local_name)
+        say(f"{spec.name}: done in {time.monotonic() - started:.0f} s ({size} unpacked)")
+    builder.clean(keep=[n for n in local.values()])
+    return ImageRefs(
+        operator=references["operator"],
+        runtime=references["runtime"],
+        local=local,
+        built=tuple(built),
+    )
+
+
+def _build(builder: Builder, root: Path, dockerfile: Path, args: dict[str, str], name: str) -> None:
+    cache = uv_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    flags = [
+        "bud",
+        "--isolation",
+        "chroot",
+        "--layers",
+        "--pull=never",
+        "--file",
+        str(dockerfile),
+        "--tag",
+        name,
+        # The host's uv cache shadows the Dockerfile's cache mount: downloads are shared with
+        # tools/setup.sh and survive builder storage being wiped.
+        "--volume",
+        f"{cache}:{BUILD_UV_CACHE}:rw",
+    ]
+    if HOST_CA_BUNDLE.is_file():
+        # The host's trust store, lent to RUN steps only (never committed to a layer), so a
+        # TLS-intercepting proxy the host trusts works inside the build too.
+        flags += ["--volume", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"]
+    for key, value in sorted(args.items()):
+        flags += ["--build-arg", f"{key}={value}"]
+    result = builder.run(*flags, str(root), capture=True, check=False, timeout=7200)
+    if result.returncode != 0:
+        output = (result.stdout or "") + (result.stderr or "")
+        raise ImageBuildError(f"building {dockerfile.name} failed:\n{output[-4000:]}")
+
+
+def run_in_image(
+    builder: Builder, image: str, argv: Sequence[str], *, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run `argv` in a throwaway container of a local image as its configured user
+    (buildah run with chroot isolation: no daemon, no network namespace needed)."""
+    container = builder.run("from", "--pull=never", image).stdout.strip()
+    try:
+        command = builder.buildah("run", "--isolation", "chroot", container, "--", *argv)
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    finally:
+        builder.run("rm", container, check=False)
