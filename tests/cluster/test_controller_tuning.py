@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from kaito.contract.progress import ANNOTATION as ANNOTATION_TUNING_PROGRESS
 from kaito.devcluster import ApiClient
 from kaito.devcluster.nodes import fake_node
-from kaito.manifests.keys import ANNOTATION_TUNING_PROGRESS
 from tests.cluster.test_controller_workspace import (
     Proc,
     StartOperator,

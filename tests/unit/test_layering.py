@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "kaito"
 
 # What each sub-package may import from kaito besides itself and the top-level `kaito` ("").
 # The runtimes run inside pods and never see the operator; the CLI sits on top of everything.
+# The one edge they share is `contract` (file names, mounts, config sections, progress.json),
+# which every layer may import and which imports nothing from kaito.
+CONTRACT = "contract"
 ALLOWED = {
     "api": set(),
     "presets": {"api"},
@@ -23,7 +27,9 @@ ALLOWED = {
     "local": {"runtime", "presets", "api"},
     "devcluster": set(),
 }
-PURE = ("api", "presets", "manifests", "reconcile")
+ALLOWED = {layer: below | {CONTRACT} for layer, below in ALLOWED.items()}
+ALLOWED[CONTRACT] = set()
+PURE = ("api", "presets", "manifests", "reconcile", CONTRACT)
 # Libraries that reach the network, the cluster, processes or a model: not in the pure core.
 IO_LIBRARIES = {"lightkube", "kopf", "httpx", "requests", "subprocess", "socket", "torch"}
 IO_LIBRARIES |= {"transformers", "oras", "urllib3", "asyncio", "threading"}
@@ -100,3 +106,21 @@ def test_only_the_k8s_package_talks_to_the_kubernetes_api() -> None:
                 continue
             offending += [f"{path.relative_to(SRC)} imports {name}" for name in names]
     assert offending == []
+
+
+def test_the_contract_imports_only_the_standard_library() -> None:
+    # Runtime images and the operator both install it; nothing may come along with it.
+    offending = [
+        f"{path.relative_to(SRC)} imports {name}"
+        for path in modules_of(CONTRACT)
+        for name in sorted(imported_modules(path))
+        if name.split(".")[0] not in sys.stdlib_module_names | {"__future__"}
+    ]
+    assert offending == []
+
+
+def test_the_layering_rule_catches_a_contract_module_that_imports_kaito(tmp_path: Path) -> None:
+    module = tmp_path / "leak.py"
+    module.write_text('"""x."""\nfrom kaito.api.workspace import Workspace\nimport yaml\n')
+    assert kaito_layers(module) - ALLOWED[CONTRACT] == {"api"}
+    assert "yaml" not in sys.stdlib_module_names

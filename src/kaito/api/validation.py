@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import posixpath
 import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
@@ -27,20 +26,18 @@ from kaito.api.workspace import (
     apply_version_defaults,
     parse_workspace,
 )
+from kaito.contract import inference, training
+from kaito.contract.files import (
+    INFERENCE_CONFIG_FILE,
+    MOUNT_ROOT,
+    RESULTS_DIR,
+    TRAINING_CONFIG_FILE,
+    under_mount_root,
+)
 
 # (namespace, ConfigMap name) -> its `data`, or None when it does not exist.
 ConfigMapLookup = Callable[[str, str], Mapping[str, str] | None]
 
-TRAINING_CONFIG_KEY = "training_config.yaml"
-INFERENCE_CONFIG_KEY = "inference_config.yaml"
-TRAINING_SECTIONS = (
-    "ModelConfig",
-    "QuantizationConfig",
-    "LoraConfig",
-    "TrainingArguments",
-    "DatasetConfig",
-    "DataCollator",
-)
 BLOCKED_HOSTS = (
     "localhost",
     "metadata.google.internal",
@@ -283,10 +280,12 @@ def image_warnings(workspace: Workspace) -> list[FieldError]:
 
 def _output_dir_problem(value: Any) -> str | None:
     if not isinstance(value, str):
-        return "must be a string path under /mnt, e.g. /mnt/results"
-    joined = posixpath.normpath(posixpath.join("/mnt", value))
-    if joined == "/mnt" or not joined.startswith("/mnt/"):
-        return f"{value!r} must stay under /mnt (and not be /mnt itself), e.g. /mnt/results"
+        return f"must be a string path under {MOUNT_ROOT}, e.g. {RESULTS_DIR}"
+    if under_mount_root(value) is None:
+        return (
+            f"{value!r} must stay under {MOUNT_ROOT} (and not be {MOUNT_ROOT} itself), "
+            f"e.g. {RESULTS_DIR}"
+        )
     return None
 
 
@@ -295,23 +294,21 @@ def validate_training_config(text: str, method: str, *, field: str) -> list[Fiel
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        return [FieldError(field, f"{TRAINING_CONFIG_KEY} is not valid YAML: {exc}")]
-    if not isinstance(data, dict) or not isinstance(data.get("training_config"), dict):
-        return [
-            FieldError(field, f"{TRAINING_CONFIG_KEY} must be a mapping with key training_config")
-        ]
-    config = data["training_config"]
+        return [FieldError(field, f"{TRAINING_CONFIG_FILE} is not valid YAML: {exc}")]
+    top = training.TOP_KEY
+    if not isinstance(data, dict) or not isinstance(data.get(top), dict):
+        return [FieldError(field, f"{TRAINING_CONFIG_FILE} must be a mapping with key {top}")]
+    config = data[top]
     errors = []
-    unknown = sorted(set(config) - set(TRAINING_SECTIONS))
+    unknown = sorted(set(config) - set(training.SECTIONS))
     if unknown:
         errors.append(
             FieldError(
                 field,
-                f"unknown training_config sections {unknown}: use only "
-                f"{', '.join(TRAINING_SECTIONS)}",
+                f"unknown {top} sections {unknown}: use only {', '.join(training.SECTIONS)}",
             )
         )
-    quant = config.get("QuantizationConfig") or {}
+    quant = config.get(training.QUANTIZATION) or {}
     if not isinstance(quant, dict):
         quant = {}
     flags = {}
@@ -337,9 +334,9 @@ def validate_training_config(text: str, method: str, *, field: str) -> list[Fiel
         errors.append(
             FieldError(field, "method qlora needs QuantizationConfig.load_in_4bit (or 8bit): true")
         )
-    args = config.get("TrainingArguments")
-    if isinstance(args, dict) and "output_dir" in args:
-        problem = _output_dir_problem(args["output_dir"])
+    args = config.get(training.TRAINING_ARGUMENTS)
+    if isinstance(args, dict) and training.OUTPUT_DIR_KEY in args:
+        problem = _output_dir_problem(args[training.OUTPUT_DIR_KEY])
         if problem:
             errors.append(FieldError(field, f"TrainingArguments.output_dir {problem}"))
     return errors
@@ -363,15 +360,15 @@ def validate_config_maps(
                 FieldError(
                     "tuning.config",
                     f"ConfigMap {name!r} not found in namespace {namespace!r}: create it "
-                    f"(key {TRAINING_CONFIG_KEY}) or leave tuning.config empty for the default",
+                    f"(key {TRAINING_CONFIG_FILE}) or leave tuning.config empty for the default",
                 )
             ]
-        if TRAINING_CONFIG_KEY not in data:
+        if TRAINING_CONFIG_FILE not in data:
             return [
-                FieldError("tuning.config", f"ConfigMap {name!r} has no key {TRAINING_CONFIG_KEY}")
+                FieldError("tuning.config", f"ConfigMap {name!r} has no key {TRAINING_CONFIG_FILE}")
             ]
         return validate_training_config(
-            data[TRAINING_CONFIG_KEY], tuning.method, field="tuning.config"
+            data[TRAINING_CONFIG_FILE], tuning.method, field="tuning.config"
         )
     if workspace.inference is not None and workspace.inference.config:
         name = workspace.inference.config
@@ -381,7 +378,7 @@ def validate_config_maps(
                 FieldError(
                     "inference.config",
                     f"ConfigMap {name!r} not found in namespace {workspace.namespace!r}: "
-                    f"create it with key {INFERENCE_CONFIG_KEY}",
+                    f"create it with key {INFERENCE_CONFIG_FILE}",
                 )
             ]
         return _inference_config_errors(data, name, max_context_length)
@@ -389,34 +386,41 @@ def validate_config_maps(
 
 
 def _vllm_section(text: str) -> dict[str, Any]:
-    """The `vllm:` map of inference_config.yaml ({} when absent); raises yaml.YAMLError."""
-    parsed = yaml.safe_load(text)
-    vllm = parsed.get("vllm") if isinstance(parsed, dict) else None
-    return vllm if isinstance(vllm, dict) else {}
+    """The `vllm:` map of inference_config.yaml ({} when absent); raises yaml.YAMLError, or
+    InferenceConfigError when it is not a mapping."""
+    return inference.vllm_section(yaml.safe_load(text))
 
 
 def _inference_config_errors(
     data: Mapping[str, str], name: str, max_context_length: int | None
 ) -> list[FieldError]:
-    text = data.get(INFERENCE_CONFIG_KEY)
+    text = data.get(INFERENCE_CONFIG_FILE)
     if text is None:
         return [
-            FieldError("inference.config", f"ConfigMap {name!r} has no key {INFERENCE_CONFIG_KEY}")
+            FieldError("inference.config", f"ConfigMap {name!r} has no key {INFERENCE_CONFIG_FILE}")
         ]
     try:
         vllm = _vllm_section(text)
     except yaml.YAMLError as exc:
-        return [FieldError("inference.config", f"{INFERENCE_CONFIG_KEY} is not valid YAML: {exc}")]
-    if "max-model-len" not in vllm:
+        return [FieldError("inference.config", f"{INFERENCE_CONFIG_FILE} is not valid YAML: {exc}")]
+    except inference.InferenceConfigError as exc:
+        return [FieldError("inference.config", f"{INFERENCE_CONFIG_FILE}: {exc}")]
+    if inference.MAX_MODEL_LEN not in vllm:
         return []
-    value = vllm["max-model-len"]
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        return [FieldError("inference.config", "vllm.max-model-len must be a positive integer")]
+    value = inference.max_model_len(vllm)
+    if value is None or value < 1:
+        return [
+            FieldError(
+                "inference.config",
+                f"{inference.VLLM_SECTION}.{inference.MAX_MODEL_LEN} must be a positive integer",
+            )
+        ]
     if max_context_length is not None and value > max_context_length:
         return [
             FieldError(
                 "inference.config",
-                f"vllm.max-model-len {value} exceeds the model's limit "
+                f"{inference.VLLM_SECTION}.{inference.MAX_MODEL_LEN} {value} exceeds the "
+                f"model's limit "
                 f"{max_context_length}: lower it",
             )
         ]
@@ -425,10 +429,9 @@ def _inference_config_errors(
 
 def max_model_len(data: Mapping[str, str] | None) -> int | None:
     """vllm.max-model-len from an inference ConfigMap's data, if set and an integer."""
-    if not data or INFERENCE_CONFIG_KEY not in data:
+    if not data or INFERENCE_CONFIG_FILE not in data:
         return None
     try:
-        value = _vllm_section(data[INFERENCE_CONFIG_KEY]).get("max-model-len")
-    except yaml.YAMLError:
+        return inference.max_model_len(_vllm_section(data[INFERENCE_CONFIG_FILE]))
+    except (yaml.YAMLError, inference.InferenceConfigError):
         return None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -7,6 +7,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
+from kaito.contract.files import INFERENCE_CONFIG_FILE, TRAINING_CONFIG_FILE
+from kaito.contract.progress import Phase
+
 GROUP = "kaito.sh"
 KIND = "Workspace"
 V1ALPHA1 = "v1alpha1"
@@ -244,7 +247,7 @@ class InferenceSpec(_Model):
     )
     config: Name | None = Field(
         default=None,
-        description="ConfigMap (key inference_config.yaml) with runtime parameters.",
+        description=f"ConfigMap (key {INFERENCE_CONFIG_FILE}) with runtime parameters.",
     )
     adapters: list[AdapterSpec] | None = Field(
         default=None,
@@ -261,7 +264,7 @@ class TuningSpec(_Model):
     config: Name | None = Field(
         default=None,
         description=(
-            "ConfigMap (key training_config.yaml) with training parameters; empty means "
+            f"ConfigMap (key {TRAINING_CONFIG_FILE}) with training parameters; empty means "
             "lora-params-template or qlora-params-template, chosen by method."
         ),
     )
@@ -300,10 +303,9 @@ class Condition(_Model):
 class TuningProgress(_Model):
     """Live progress of the tuning job; mirrors the tuning runtime's progress.json."""
 
-    phase: (
-        Literal["preparing", "loading", "training", "saving", "completed", "failed", "interrupted"]
-        | None
-    ) = Field(default=None, description="preparing, loading, training, saving, completed, ...")
+    phase: Phase | None = Field(
+        default=None, description="preparing, loading, training, saving, completed, ..."
+    )
     progress_percent: int | None = Field(
         default=None, ge=0, le=100, description="Percent of training steps done (0-100)."
     )

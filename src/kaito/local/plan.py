@@ -10,6 +10,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from kaito.api import FieldError, Workspace, parse_workspace
+from kaito.contract.files import TRAINING_CONFIG_FILE
 from kaito.presets import Catalog, Preset, default_catalog
 from kaito.presets.validation import validate_workspace
 
@@ -188,7 +189,7 @@ def _plan_tuning(
     check_host(preset, host)
     if tuning.config and config_file is None:
         raise LocalModeError(
-            f"tuning.config names ConfigMap {tuning.config!r}: pass its training_config.yaml "
+            f"tuning.config names ConfigMap {tuning.config!r}: pass its {TRAINING_CONFIG_FILE} "
             "with --config FILE"
         )
     source = tuning.input

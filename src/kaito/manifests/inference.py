@@ -7,6 +7,14 @@ import math
 from collections.abc import Mapping
 
 from kaito.api.workspace import ANNOTATION_ENABLE_LB, AdapterSpec
+from kaito.contract.files import (
+    ADAPTER_DIR,
+    CONFIG_MOUNT,
+    INFERENCE_CONFIG_FILE,
+    INFERENCE_CONFIG_PATH,
+    WEIGHTS_DIR,
+)
+from kaito.contract.inference import VLLM_SECTION
 from kaito.manifests.common import (
     JSON,
     child_metadata,
@@ -27,14 +35,12 @@ from kaito.manifests.keys import (
 )
 from kaito.manifests.weights import add_weights_pull
 
-INFERENCE_CONFIG_KEY = "inference_config.yaml"
-CONFIG_MOUNT = "/mnt/config"
-ADAPTER_DIR = "/mnt/adapter"
-WEIGHTS_DIR = "/workspace/weights"
 HEALTH_PATH = "/health"
 PROBE_PERIOD_S = 10
 # Upstream's inference-params-template; the runtime merges `vllm:` into the engine args.
-DEFAULT_INFERENCE_CONFIG = "kv_cache_cpu_memory_utilization: 0.5\nvllm:\n  cpu-offload-gb: 0\n"
+DEFAULT_INFERENCE_CONFIG = (
+    f"kv_cache_cpu_memory_utilization: 0.5\n{VLLM_SECTION}:\n  cpu-offload-gb: 0\n"
+)
 # Pulls one adapter image's /data; tries anonymous access, then each projected secret.
 ADAPTER_PULL_SCRIPT = """\
 import pathlib, sys
@@ -85,7 +91,7 @@ def build_inference_config_map(ctx: WorkspaceContext) -> JSON | None:
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": child_metadata(ctx, default_config_map_name(ctx.name)),
-            "data": {INFERENCE_CONFIG_KEY: DEFAULT_INFERENCE_CONFIG},
+            "data": {INFERENCE_CONFIG_FILE: DEFAULT_INFERENCE_CONFIG},
         }
     )
 
@@ -112,7 +118,7 @@ def inference_flags(ctx: WorkspaceContext) -> dict[str, str]:
         "model": preset.hf_id,
         "served-model-name": preset.served_name,
         "port": str(HTTP_PORT),
-        "config": f"{CONFIG_MOUNT}/{INFERENCE_CONFIG_KEY}",
+        "config": INFERENCE_CONFIG_PATH,
     }
     if _adapters(ctx):
         flags["adapter-dir"] = ADAPTER_DIR

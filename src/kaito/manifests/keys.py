@@ -22,8 +22,6 @@ ANNOTATION_REVISION = "workspace.kaito.io/revision"
 ANNOTATION_APPLIED = "kaito.sh/applied-hash"
 ANNOTATION_DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"
 ANNOTATION_NODE_IMAGE_FAMILY = "kaito.sh/node-image-family"
-# On the tuning pod: its progress.json, written by the pod itself (docs/operator.md).
-ANNOTATION_TUNING_PROGRESS = "kaito.sh/tuning-progress"
 # On a Workspace: "true" skips the tuning dataset preflight.
 ANNOTATION_SKIP_PREFLIGHT = "kaito.sh/skip-preflight"
 # On tuning pods: which stage the pod runs ("preflight"; the trainer's pods have none).

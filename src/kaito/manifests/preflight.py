@@ -8,15 +8,13 @@ last log lines instead).
 
 from __future__ import annotations
 
+from kaito.contract.files import CONFIG_MOUNT, DATA_DIR, TRAINING_CONFIG_PATH
 from kaito.manifests.common import JSON, child_metadata, harden_pod_spec, stamp
 from kaito.manifests.context import WorkspaceContext
 from kaito.manifests.keys import LABEL_TUNING_STAGE
 from kaito.manifests.tuning import (
-    CONFIG_MOUNT,
-    DATA_DIR,
     DOCKER_CONFIG_DIR,
     TERMINATION_LOG,
-    TRAINING_CONFIG_KEY,
     _secret_volume,
 )
 
@@ -39,7 +37,7 @@ def build_preflight_job(ctx: WorkspaceContext) -> JSON:
     assert tuning is not None and preset is not None
     args = [
         "--check",
-        f"--config={CONFIG_MOUNT}/{TRAINING_CONFIG_KEY}",
+        f"--config={TRAINING_CONFIG_PATH}",
         f"--dataset-dir={DATA_DIR}",
         f"--model={preset.hf_id}",
         # The check is about the data; QLoRA's GPU need is the GPU node's business.

@@ -8,13 +8,22 @@ training run fails the pod (restartPolicy Never) instead of leaving a pusher wai
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Mapping
 from typing import Any
 
 import yaml
 
 from kaito.api.workspace import TuningSpec
+from kaito.contract import training
+from kaito.contract.files import (
+    CONFIG_MOUNT,
+    DATA_DIR,
+    DEFAULT_OUTPUT_DIR,
+    RESULTS_DIR,
+    TRAINING_CONFIG_PATH,
+    WEIGHTS_DIR,
+    under_mount_root,
+)
 from kaito.manifests.common import (
     JSON,
     child_metadata,
@@ -27,11 +36,6 @@ from kaito.manifests.context import WorkspaceContext
 from kaito.manifests.keys import ANNOTATION_REVISION, GPU_RESOURCE
 from kaito.manifests.weights import add_weights_pull
 
-TRAINING_CONFIG_KEY = "training_config.yaml"
-CONFIG_MOUNT = "/mnt/config"
-DATA_DIR = "/mnt/data"
-WEIGHTS_DIR = "/workspace/weights"
-DEFAULT_OUTPUT_DIR = "/mnt/output"
 DOCKER_CONFIG_DIR = "/root/.docker"
 TUNING_SERVICE_ACCOUNT = "kaito-tuning"
 TERMINATION_LOG = "/dev/termination-log"
@@ -42,17 +46,19 @@ PHI3_TARGET_MODULES = "k_proj,q_proj,v_proj,o_proj,gate_proj,down_proj,up_proj"
 BACKOFF_LIMIT = 2
 FETCH_URLS_SCRIPT = """\
 import pathlib, sys
+from kaito.contract.files import DATA_DIR
 from kaito.runtime.tuning.inputs import fetch_urls
-fetch_urls(sys.argv[1:], pathlib.Path("/mnt/data"))
+fetch_urls(sys.argv[1:], pathlib.Path(DATA_DIR))
 """
 FETCH_IMAGE_SCRIPT = """\
 import pathlib, sys
+from kaito.contract.files import DATA_DIR
 from kaito.runtime.tuning.inputs import fetch_image
 ref, config_dir = sys.argv[1], pathlib.Path(sys.argv[2])
 configs = [None, *sorted(config_dir.glob("*.json"))] if config_dir.is_dir() else [None]
 for index, config in enumerate(configs):
     try:
-        fetch_image(ref, pathlib.Path("/mnt/data"), docker_config=config)
+        fetch_image(ref, pathlib.Path(DATA_DIR), docker_config=config)
         break
     except Exception as exc:
         print(f"pull {ref} with {config or 'no credentials'}: {exc}", file=sys.stderr)
@@ -62,18 +68,16 @@ for index, config in enumerate(configs):
 
 
 def training_output_dir(config_text: str | None) -> str:
-    """TrainingArguments.output_dir: relative paths go under /mnt; missing -> /mnt/output."""
+    """TrainingArguments.output_dir: relative paths go under the mount root; a missing one,
+    or one outside it, is the default output directory."""
     try:
         parsed = yaml.safe_load(config_text or "")
     except yaml.YAMLError:
         return DEFAULT_OUTPUT_DIR
-    root = parsed.get("training_config") if isinstance(parsed, dict) else None
-    args = root.get("TrainingArguments") if isinstance(root, dict) else None
-    value = args.get("output_dir") if isinstance(args, dict) else None
+    value = training.section(parsed, training.TRAINING_ARGUMENTS).get(training.OUTPUT_DIR_KEY)
     if not isinstance(value, str) or not value.strip():
         return DEFAULT_OUTPUT_DIR
-    path = posixpath.normpath(posixpath.join("/mnt", value.strip()))
-    return path if path.startswith("/mnt/") else DEFAULT_OUTPUT_DIR
+    return under_mount_root(value) or DEFAULT_OUTPUT_DIR
 
 
 def _tuning(ctx: WorkspaceContext) -> TuningSpec:
@@ -168,7 +172,7 @@ def tuner_command(ctx: WorkspaceContext, output_dir: str) -> tuple[list[str], li
     preset = ctx.preset
     assert preset is not None
     args = [
-        f"--config={CONFIG_MOUNT}/{TRAINING_CONFIG_KEY}",
+        f"--config={TRAINING_CONFIG_PATH}",
         f"--dataset-dir={DATA_DIR}",
         f"--model={preset.hf_id}",
         f"--output-dir={output_dir}",
@@ -186,7 +190,7 @@ def _tuner(ctx: WorkspaceContext, output_dir: str) -> JSON:
     command, args = tuner_command(ctx, output_dir)
     env: list[JSON] = [
         {"name": "PYTORCH_CUDA_ALLOC_CONF", "value": "expandable_segments:True"},
-        {"name": "YAML_FILE_PATH", "value": f"{CONFIG_MOUNT}/{TRAINING_CONFIG_KEY}"},
+        {"name": "YAML_FILE_PATH", "value": TRAINING_CONFIG_PATH},
         {"name": "DATASET_FOLDER_PATH", "value": DATA_DIR},
         {"name": "HF_HOME", "value": WEIGHTS_DIR},
         # The runtime annotates its own pod with its progress (docs/operator.md).
@@ -300,7 +304,7 @@ def _pusher(ctx: WorkspaceContext, output_dir: str, image: str) -> JSON:
         "imagePullPolicy": ctx.options.image_pull_policy,
         "command": ["python", "-m", "kaito.runtime.tuning"],
         "args": [
-            f"--config={CONFIG_MOUNT}/{TRAINING_CONFIG_KEY}",
+            f"--config={TRAINING_CONFIG_PATH}",
             f"--dataset-dir={DATA_DIR}",
             f"--output-dir={output_dir}",
             f"--push={image}",
@@ -354,7 +358,7 @@ def build_results_claim(ctx: WorkspaceContext) -> JSON:
     )
 
 
-def build_job(ctx: WorkspaceContext, *, output_dir: str = "/mnt/results") -> JSON:
+def build_job(ctx: WorkspaceContext, *, output_dir: str = RESULTS_DIR) -> JSON:
     """Job `<ws>` (upstream §10) with the stages as init containers, in order."""
     tuning = _tuning(ctx)
     inits, input_volumes = _input_stage(ctx)

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kaito.api.workspace import PresetSpec
+from kaito.contract.files import WEIGHTS_DIR
 from kaito.manifests.common import JSON
 from kaito.manifests.options import ClusterOptions
 from kaito.presets import Preset
 
-WEIGHTS_DIR = "/workspace/weights"
 WEIGHTS_VOLUME = "model-weights-volume"
 # On the node, so a restarted or rescheduled pod on the same node downloads nothing. The
 # directory must be writable by the runtime's user (kaito pods do not run as root); when it

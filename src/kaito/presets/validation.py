@@ -28,6 +28,7 @@ from kaito.api.workspace import (
     Workspace,
     parse_workspace,
 )
+from kaito.contract.files import TRAINING_CONFIG_FILE
 from kaito.presets.catalog import Catalog, Preset, default_catalog, select_runtime
 from kaito.presets.estimator import (
     bypass_resource_checks,
@@ -51,8 +52,8 @@ def default_tuning_config(method: str) -> str:
 def default_config_maps() -> dict[str, dict[str, str]]:
     """ConfigMap name -> data for the default tuning templates (what the chart installs)."""
     return {
-        DEFAULT_LORA_CONFIG: {"training_config.yaml": default_tuning_config("lora")},
-        DEFAULT_QLORA_CONFIG: {"training_config.yaml": default_tuning_config("qlora")},
+        DEFAULT_LORA_CONFIG: {TRAINING_CONFIG_FILE: default_tuning_config("lora")},
+        DEFAULT_QLORA_CONFIG: {TRAINING_CONFIG_FILE: default_tuning_config("qlora")},
     }
 
 

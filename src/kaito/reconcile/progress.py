@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kaito.manifests.keys import ANNOTATION_TUNING_PROGRESS
+from kaito.api.workspace import TuningProgress
+from kaito.contract import progress
 
 JSON = dict[str, Any]
 
-PHASES = frozenset(
-    {"preparing", "loading", "training", "saving", "completed", "failed", "interrupted"}
-)
-# progress.json key -> status.tuning key, with the type each must have to be copied.
-_INTS = {"step": "step", "total_steps": "totalSteps", "resumed_from_step": "resumedFromStep"}
-_FLOATS = {
-    "epoch": "epoch",
-    "loss": "loss",
-    "eval_loss": "evalLoss",
-    "learning_rate": "learningRate",
-    "tokens_per_second": "tokensPerSecond",
-    "eta_seconds": "etaSeconds",
+# progress.json field -> status.tuning key, for each field the status declares.
+_STATUS_KEYS = {
+    f.name: str(TuningProgress.model_fields[f.name].alias)
+    for f in dataclasses.fields(progress.Progress)
+    if f.name in TuningProgress.model_fields
 }
-_STRINGS = {"started_at": "startedAt", "updated_at": "updatedAt"}
+# Longest string the status keeps per field (the CRD bounds message; times are short).
+_MAX_CHARS = {"message": 1024}
+_DEFAULT_MAX_CHARS = 64
 # Fields the CRD bounds below by 0; a negative value would make the whole status write fail.
 _NON_NEGATIVE = {"step", "totalSteps", "resumedFromStep", "epoch", "tokensPerSecond", "etaSeconds"}
 
@@ -32,35 +28,23 @@ _NON_NEGATIVE = {"step", "totalSteps", "resumedFromStep", "epoch", "tokensPerSec
 def parse_progress(text: str | None) -> JSON | None:
     """A progress.json document (as the runtime writes it) as `status.tuning`, or None.
 
-    Whatever a pod writes is untrusted input to a status the CRD validates: unknown keys and
-    values of the wrong type are dropped instead of failing the status write.
+    Whatever a pod writes is untrusted input to a status the CRD validates: the contract's
+    reader drops unknown keys and wrongly typed values, and this drops what the CRD would
+    refuse, instead of failing the status write.
     """
-    try:
-        raw = json.loads(text or "")
-    except ValueError:
-        return None
-    if not isinstance(raw, dict):
+    fields = progress.read(text)
+    if fields is None:
         return None
     out: JSON = {}
-    for key, target in _INTS.items():
-        value = raw.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            out[target] = value
-    for key, target in _FLOATS.items():
-        value = raw.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            out[target] = float(value) if isinstance(value, float) else value
-    for key, target in _STRINGS.items():
-        value = raw.get(key)
-        if isinstance(value, str) and value:
-            out[target] = value[:64]
-    out = {k: v for k, v in out.items() if k not in _NON_NEGATIVE or v >= 0}
-    phase = raw.get("phase")
-    if isinstance(phase, str) and phase in PHASES:
-        out["phase"] = phase
-    message = raw.get("message")
-    if isinstance(message, str) and message:
-        out["message"] = message[:1024]
+    for name, value in fields.items():
+        key = _STATUS_KEYS.get(name)
+        if key is None or (isinstance(value, str) and not value):
+            continue
+        if isinstance(value, str):
+            value = value[: _MAX_CHARS.get(name, _DEFAULT_MAX_CHARS)]
+        elif key in _NON_NEGATIVE and value < 0:
+            continue
+        out[key] = value
     total, step = out.get("totalSteps"), out.get("step")
     if isinstance(total, int) and total > 0 and isinstance(step, int):
         out["progressPercent"] = min(100, step * 100 // total)
@@ -71,7 +55,7 @@ def parse_progress(text: str | None) -> JSON | None:
 
 def _annotation(pod: Mapping[str, Any]) -> str | None:
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    value = annotations.get(ANNOTATION_TUNING_PROGRESS)
+    value = annotations.get(progress.ANNOTATION)
     return value if isinstance(value, str) else None
 
 

@@ -6,11 +6,11 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from kaito.contract.files import TRAINING_CONFIG_FILE
 from kaito.manifests.context import WorkspaceContext
 from kaito.manifests.keys import ANNOTATION_SKIP_PREFLIGHT
 from kaito.manifests.preflight import build_preflight_job, preflight_job_name
 from kaito.manifests.tuning import (
-    TRAINING_CONFIG_KEY,
     build_job,
     build_results_claim,
     build_tuning_config_map,
@@ -41,13 +41,13 @@ def tuning_config(ctx: WorkspaceContext, observed: Observed) -> tuple[str | None
     name = tuning.config_map_name
     local = observed.config_map(ctx.namespace, name)
     if local is not None:
-        return local.get(TRAINING_CONFIG_KEY), None
+        return local.get(TRAINING_CONFIG_FILE), None
     if tuning.config:
         return None, None
     template = observed.config_map(ctx.options.release_namespace, name) or {
-        TRAINING_CONFIG_KEY: default_tuning_config(tuning.method)
+        TRAINING_CONFIG_FILE: default_tuning_config(tuning.method)
     }
-    return template.get(TRAINING_CONFIG_KEY), build_tuning_config_map(ctx, template)
+    return template.get(TRAINING_CONFIG_FILE), build_tuning_config_map(ctx, template)
 
 
 def _job_condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
@@ -70,7 +70,7 @@ def plan_tuning(
     if text is None:
         message = (
             f"ConfigMap {tuning.config_map_name!r} not found in namespace {ctx.namespace!r}: "
-            f"create it with key {TRAINING_CONFIG_KEY}"
+            f"create it with key {TRAINING_CONFIG_FILE}"
         )
         return Work(
             conds=(

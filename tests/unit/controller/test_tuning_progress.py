@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from kaito.manifests.keys import ANNOTATION_TUNING_PROGRESS
+from kaito.contract.progress import ANNOTATION as ANNOTATION_TUNING_PROGRESS
 from kaito.provisioners.kwok import volume_for_claim
 from kaito.reconcile.planner import plan
 from kaito.reconcile.progress import parse_progress, tuning_status

@@ -6,6 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 from kaito.api.workspace import parse_workspace
+from kaito.contract.files import WEIGHTS_DIR
 from kaito.manifests.context import resolve
 from kaito.manifests.inference import build_pod_template, build_statefulset
 from kaito.manifests.options import ClusterOptions
@@ -15,7 +16,6 @@ from kaito.manifests.weights import (
     CACHE_MOUNT,
     INIT_NAME,
     SECRETS_DIR,
-    WEIGHTS_DIR,
     build_weights_pull,
     weights_image,
     with_weights_pull,

@@ -12,8 +12,11 @@ from typing import Any
 
 import yaml
 
-DEFAULT_MODEL = "/workspace/weights"
-DEFAULT_ADAPTER_DIR = "/mnt/adapter"
+from kaito.contract.files import ADAPTER_DIR, WEIGHTS_DIR
+from kaito.contract.inference import InferenceConfigError, vllm_section
+
+DEFAULT_MODEL = WEIGHTS_DIR
+DEFAULT_ADAPTER_DIR = ADAPTER_DIR
 ENGINES = ("transformers", "vllm")
 PIPELINES = ("text-generation", "conversational")
 
@@ -136,9 +139,10 @@ def _file_entries(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ConfigError(f"config file {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level")
-    vllm_section = data.get("vllm") or {}
-    if not isinstance(vllm_section, dict):
-        raise ConfigError(f"config file {path}: `vllm` must be a mapping")
+    try:
+        vllm = vllm_section(data)
+    except InferenceConfigError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
     entries: dict[str, Any] = {}
     for section in (data, data.get("transformers") or {}, data.get("kaito") or {}):
         if not isinstance(section, dict):
@@ -148,7 +152,7 @@ def _file_entries(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
             name = _FILE_ALIASES.get(name, name)
             if name in _FIELDS:
                 entries[name] = value
-    return entries, vllm_section
+    return entries, vllm
 
 
 def parse_leftover(tokens: Sequence[str]) -> dict[str, Any]:

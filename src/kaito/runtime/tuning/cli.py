@@ -10,13 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kaito.contract.files import DATA_DIR, TRAINING_CONFIG_FILE, TRAINING_CONFIG_PATH
 from kaito.runtime.tuning.urls import redact_report, redact_text
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INVALID = 2
-DEFAULT_CONFIG = "/mnt/config/training_config.yaml"
-DEFAULT_DATA_DIR = "/mnt/data"
 
 
 def build_parser(prog: str = "kaito tune") -> argparse.ArgumentParser:
@@ -24,13 +23,13 @@ def build_parser(prog: str = "kaito tune") -> argparse.ArgumentParser:
         prog=prog,
         description=(
             "Fine-tune a causal LM with LoRA/QLoRA from upstream KAITO's tuning config "
-            "(training_config.yaml). Flags override the file."
+            f"({TRAINING_CONFIG_FILE}). Flags override the file."
         ),
     )
     source = parser.add_argument_group("config")
     source.add_argument(
         "--config",
-        help=f"tuning config YAML (default: $YAML_FILE_PATH, {DEFAULT_CONFIG} if present, "
+        help=f"tuning config YAML (default: $YAML_FILE_PATH, {TRAINING_CONFIG_PATH} if present, "
         "else the packaged template for --method)",
     )
     source.add_argument(
@@ -46,7 +45,7 @@ def build_parser(prog: str = "kaito tune") -> argparse.ArgumentParser:
         "--input",
         dest="dataset_dir",
         help=f"directory with .parquet/.csv/.json/.jsonl files (default: $DATASET_FOLDER_PATH or "
-        f"{DEFAULT_DATA_DIR}); downloads and image pulls land here",
+        f"{DATA_DIR}); downloads and image pulls land here",
     )
     data.add_argument("--url", action="append", default=[], help="download a data file (repeat)")
     data.add_argument("--image", help="pull an image's /data as the dataset")
@@ -113,8 +112,8 @@ def _config_source(args: argparse.Namespace) -> str | Path:
     explicit = args.config or os.environ.get("YAML_FILE_PATH")
     if explicit:
         return Path(explicit)
-    if Path(DEFAULT_CONFIG).is_file():
-        return Path(DEFAULT_CONFIG)
+    if Path(TRAINING_CONFIG_PATH).is_file():
+        return Path(TRAINING_CONFIG_PATH)
     return template_path(args.method)
 
 
@@ -180,7 +179,7 @@ def main(argv: list[str] | None = None, prog: str = "kaito tune") -> int:
         config = config.with_training(**overrides)
     except (ConfigError, OSError) as exc:
         return _emit(args, {"ok": False, "error": str(exc)}, f"error: {exc}", EXIT_INVALID)
-    data_dir = Path(args.dataset_dir or os.environ.get("DATASET_FOLDER_PATH") or DEFAULT_DATA_DIR)
+    data_dir = Path(args.dataset_dir or os.environ.get("DATASET_FOLDER_PATH") or DATA_DIR)
     docker_config = Path(args.docker_config) if args.docker_config else None
     try:
         _fetch_inputs(args, data_dir, docker_config)

@@ -13,19 +13,20 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-TOP_KEY = "training_config"
-SECTIONS = (
-    "ModelConfig",
-    "QuantizationConfig",
-    "LoraConfig",
-    "TrainingArguments",
-    "DatasetConfig",
-    "DataCollator",
+from kaito.contract.files import DEFAULT_OUTPUT_DIR, MOUNT_ROOT
+from kaito.contract.training import (
+    COLLATOR,
+    DATASET,
+    LORA,
+    MODEL,
+    QUANTIZATION,
+    TOP_KEY,
+    TRAINING_ARGUMENTS,
+    TrainingConfigError,
+    training_sections,
 )
+
 DEFAULT_MODEL_PATH = "/workspace/tfs/weights"
-DEFAULT_OUTPUT_DIR = "/mnt/output"
-# Upstream resolves relative output paths (and only accepts paths) under this root.
-MOUNT_ROOT = "/mnt"
 TORCH_DTYPES = ("float16", "bfloat16", "float32", "float64", "half", "float", "auto")
 Method = Literal["lora", "qlora"]
 _T = TypeVar("_T")
@@ -112,7 +113,7 @@ class TuningConfig:
         """A copy whose TrainingArguments has `overrides` applied (flags win over the file)."""
         merged = dict(self.training)
         merged.update({k: v for k, v in overrides.items() if v is not None})
-        _check_keys("TrainingArguments", merged, _sft_fields())
+        _check_keys(TRAINING_ARGUMENTS, merged, _sft_fields())
         return dataclasses.replace(self, training=merged)
 
 
@@ -145,42 +146,27 @@ def load_config(source: str | Path | Mapping[str, Any]) -> TuningConfig:
             document = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path or 'config'} is not valid YAML: {exc}") from exc
-    if not isinstance(document, Mapping) or TOP_KEY not in document:
-        raise ConfigError(f"the config must have a top-level `{TOP_KEY}:` key")
-    extra_top = [k for k in document if k != TOP_KEY]
-    if extra_top:
-        raise ConfigError(f"unknown top-level key {extra_top[0]!r}: only `{TOP_KEY}` is allowed")
-    body = document[TOP_KEY] or {}
-    if not isinstance(body, Mapping):
-        raise ConfigError(f"`{TOP_KEY}` must be a mapping of sections")
-    for name in body:
-        if name not in SECTIONS:
-            raise ConfigError(
-                f"unknown section {TOP_KEY}.{name}; allowed sections: {', '.join(SECTIONS)}"
-            )
-    sections: dict[str, dict[str, Any]] = {}
-    for name in SECTIONS:
-        value = body.get(name) or {}
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{TOP_KEY}.{name} must be a mapping, got {type(value).__name__}")
-        sections[name] = dict(value)
+    try:
+        sections = training_sections(document)
+    except TrainingConfigError as exc:
+        raise ConfigError(str(exc)) from exc
     return _build(sections)
 
 
 def _build(sections: dict[str, dict[str, Any]]) -> TuningConfig:
     warnings: list[str] = []
-    model = _dataclass_section("ModelConfig", ModelConfig, sections["ModelConfig"])
+    model = _dataclass_section(MODEL, ModelConfig, sections[MODEL])
     if model.torch_dtype is not None and model.torch_dtype not in TORCH_DTYPES:
         raise ConfigError(f"Invalid torch dtype: {model.torch_dtype!r} (ModelConfig.torch_dtype)")
-    dataset = _dataclass_section("DatasetConfig", DatasetConfig, sections["DatasetConfig"])
+    dataset = _dataclass_section(DATASET, DatasetConfig, sections[DATASET])
     if not 0 < float(dataset.train_test_split) <= 1:
         raise ConfigError(
             "Train/Test split needs to be between 0 and 1 (DatasetConfig.train_test_split is "
             f"{dataset.train_test_split})"
         )
 
-    quantization = sections["QuantizationConfig"]
-    _check_keys("QuantizationConfig", quantization, _bnb_fields())
+    quantization = sections[QUANTIZATION]
+    _check_keys(QUANTIZATION, quantization, _bnb_fields())
     if quantization.get("quant_method", "bitsandbytes") != "bitsandbytes":
         raise ConfigError("QuantizationConfig.quant_method must be 'bitsandbytes'")
     for flag in ("load_in_4bit", "load_in_8bit"):
@@ -189,22 +175,22 @@ def _build(sections: dict[str, dict[str, Any]]) -> TuningConfig:
     if quantization.get("load_in_4bit") and quantization.get("load_in_8bit"):
         raise ConfigError("QuantizationConfig: load_in_4bit and load_in_8bit cannot both be true")
 
-    lora = sections["LoraConfig"]
-    _check_keys("LoraConfig", lora, _lora_fields())
+    lora = sections[LORA]
+    _check_keys(LORA, lora, _lora_fields())
     if "target_modules" not in lora and os.environ.get("DEFAULT_TARGET_MODULES"):
         lora["target_modules"] = os.environ["DEFAULT_TARGET_MODULES"].split(",")
     lora.setdefault("init_lora_weights", True)
 
-    training = sections["TrainingArguments"]
-    _check_keys("TrainingArguments", training, _sft_fields())
+    training = sections[TRAINING_ARGUMENTS]
+    _check_keys(TRAINING_ARGUMENTS, training, _sft_fields())
     if training.get("dataset_text_field") not in (None, "text"):
         raise ConfigError(
             "TrainingArguments.dataset_text_field is not used: map columns with "
             "DatasetConfig.response_column / context_column / messages_column instead"
         )
 
-    collator = sections["DataCollator"]
-    _check_keys("DataCollator", collator, _collator_fields())
+    collator = sections[COLLATOR]
+    _check_keys(COLLATOR, collator, _collator_fields())
     if collator.get("mlm"):
         # The upstream templates ask for masked-LM collation, which no causal LM can use;
         # upstream turns it off silently. Accept the templates, but say so.

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kaito.contract.progress import ANNOTATION
 from kaito.runtime.tuning.urls import redact_report
 
-ANNOTATION = "kaito.sh/tuning-progress"
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 MIN_INTERVAL_S = 5.0
 

@@ -2,52 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-PROGRESS_FILE = "progress.json"
-# Phases in the order a run passes through them; `failed`/`interrupted` end a run early.
-PHASES = ("preparing", "loading", "training", "saving", "completed", "failed", "interrupted")
+from kaito.contract.progress import PROGRESS_FILE, Progress, read, utc_now
 
 
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    """Write JSON so readers see the old or the new document, never a torn one."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a file so readers see the old or the new document, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-
-
-@dataclass
-class Progress:
-    """The progress document; field names are the file's schema (see docs/tuning.md)."""
-
-    phase: str = "preparing"
-    step: int = 0
-    total_steps: int = 0
-    epoch: float = 0.0
-    loss: float | None = None
-    eval_loss: float | None = None
-    learning_rate: float | None = None
-    tokens_per_second: float | None = None
-    tokens_seen: int = 0
-    eta_seconds: float | None = None
-    resumed_from_step: int | None = None
-    message: str = ""
-    started_at: str = field(default_factory=utc_now)
-    updated_at: str = field(default_factory=utc_now)
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 class ProgressReporter:
@@ -74,11 +42,10 @@ class ProgressReporter:
         for key, value in changes.items():
             setattr(self.progress, key, value)
         self.progress.updated_at = utc_now()
-        document = self.progress.to_json()
         if self.enabled and self.path is not None:
-            write_json_atomic(self.path, document)
+            write_text_atomic(self.path, self.progress.dumps())
         if self._pod is not None:
-            self._pod.publish(document)
+            self._pod.publish(self.progress.to_json())
 
     def phase(self, phase: str, message: str = "") -> None:
         self.update(phase=phase, message=message)
@@ -138,10 +105,10 @@ class ProgressReporter:
 
 
 def read_progress(output_dir: Path) -> dict[str, Any] | None:
-    """The last progress document of a run, or None before the first write."""
-    path = output_dir / PROGRESS_FILE
+    """The last progress document of a run (its well-typed fields), or None before the first
+    write."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        text = (output_dir / PROGRESS_FILE).read_text(encoding="utf-8")
+    except OSError:
         return None
-    return value if isinstance(value, dict) else None
+    return read(text)

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from kaito.contract.progress import PROGRESS_FILE, utc_now
 from kaito.runtime.tuning.config import TuningConfig
 from kaito.runtime.tuning.data import sha256_file
 from kaito.runtime.tuning.encoding import Encoded, load_tokenizer
@@ -25,7 +26,7 @@ from kaito.runtime.tuning.preflight import (
     prepare_data,
     resolve_method,
 )
-from kaito.runtime.tuning.progress import PROGRESS_FILE, ProgressReporter, utc_now
+from kaito.runtime.tuning.progress import ProgressReporter
 
 # Upstream templates say `save_strategy: no` because upstream could not resume; here a run
 # always checkpoints, by default every tenth of the run, so a restarted Job loses little.

@@ -1,0 +1,1 @@
+"""The operator/runtime contract: file names, mounts, config sections, progress (stdlib only)."""

@@ -1,0 +1,30 @@
+"""Where the operator mounts things in a pod and what the runtimes find there by default."""
+
+from __future__ import annotations
+
+import posixpath
+
+# Every path a user may name for tuning output resolves under this root (upstream).
+MOUNT_ROOT = "/mnt"
+CONFIG_MOUNT = f"{MOUNT_ROOT}/config"
+DATA_DIR = f"{MOUNT_ROOT}/data"
+ADAPTER_DIR = f"{MOUNT_ROOT}/adapter"
+# The results volume when the config names no output_dir the Job can use.
+RESULTS_DIR = f"{MOUNT_ROOT}/results"
+# TrainingArguments.output_dir when the config names none.
+DEFAULT_OUTPUT_DIR = f"{MOUNT_ROOT}/output"
+# Model weights: pulled or baked in by the operator, the runtimes' default model.
+WEIGHTS_DIR = "/workspace/weights"
+
+# Keys of the config ConfigMaps, and so the file names under CONFIG_MOUNT.
+TRAINING_CONFIG_FILE = "training_config.yaml"
+INFERENCE_CONFIG_FILE = "inference_config.yaml"
+TRAINING_CONFIG_PATH = f"{CONFIG_MOUNT}/{TRAINING_CONFIG_FILE}"
+INFERENCE_CONFIG_PATH = f"{CONFIG_MOUNT}/{INFERENCE_CONFIG_FILE}"
+
+
+def under_mount_root(value: str) -> str | None:
+    """`value` (relative paths under MOUNT_ROOT) as a normalized path strictly inside
+    MOUNT_ROOT, or None when it escapes it or is MOUNT_ROOT itself."""
+    path = posixpath.normpath(posixpath.join(MOUNT_ROOT, value.strip()))
+    return path if path.startswith(f"{MOUNT_ROOT}/") else None
