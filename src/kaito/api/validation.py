@@ -13,13 +13,13 @@ from pydantic import ValidationError
 
 from kaito.api import rules
 from kaito.api.errors import FieldError
+from kaito.api.names import name_errors
 from kaito.api.workspace import (
     ANNOTATION_NODE_IMAGE_FAMILY,
     ANNOTATION_PERFORMANCE_MODE,
     ANNOTATION_RUNTIME,
     ANNOTATION_USE_LOCAL_WEIGHTS,
     API_VERSIONS,
-    DNS1123_LABEL,
     DOCKER_REFERENCE,
     KIND,
     Workspace,
@@ -150,14 +150,8 @@ def validate_metadata(workspace: Workspace) -> list[FieldError]:
     name = workspace.metadata.name
     if not name and not workspace.metadata.generate_name:
         errors.append(FieldError("metadata.name", "is required: name the Workspace"))
-    if name and (len(name) > 63 or not re.match(DNS1123_LABEL, name)):
-        errors.append(
-            FieldError(
-                "metadata.name",
-                f"{name!r} must be a DNS-1123 label (at most 63 lowercase letters, digits "
-                "and '-'), because it names Services and pods",
-            )
-        )
+    # It names Services, a StatefulSet or Jobs, and so do the adapters' names containers.
+    errors += name_errors(workspace)
     annotations = workspace.annotations
     family = annotations.get(ANNOTATION_NODE_IMAGE_FAMILY)
     if family is not None and family.strip().lower() not in NODE_IMAGE_FAMILIES:
