@@ -100,9 +100,6 @@ def shared_app(server: RunningServer, **changes: Any) -> TestClient:
     """A second app on the session's engine, with a different HTTP configuration."""
     serving = InferenceServing(dataclasses.replace(server.serving.config, **changes))
     serving.engine = server.serving.engine
-    serving.tokenizer = server.serving.tokenizer
-    serving.max_model_len = server.serving.max_model_len
-    serving.vocab_size = server.serving.vocab_size
     return TestClient(build_app(serving, load_in_background=False))
 
 

@@ -1,4 +1,4 @@
-"""LoRA adapters: discovery under the adapter directory, strength from env, base-model checks."""
+"""LoRA adapters: discovery under the adapter directory, their strengths, base-model checks."""
 
 from __future__ import annotations
 
@@ -28,27 +28,40 @@ class AdapterSpec:
     strength: float = 1.0
 
 
-def strength_from_env(name: str, environ: Mapping[str, str] | None = None) -> float:
-    """Upstream reads the strength from an env var named exactly like the adapter (default 1.0)."""
-    raw = (os.environ if environ is None else environ).get(name, "1.0")
+def _strength_from_env(name: str, environ: Mapping[str, str]) -> float:
+    """Upstream's convention: an env var named exactly like the adapter (default 1.0).
+
+    Only for adapters mounted by the Workspace (their names come from its spec); never for a
+    name a request chose. The error names the variable, never its value.
+    """
+    raw = environ.get(name, "1.0")
     try:
         return float(raw)
     except ValueError as exc:
         raise AdapterError(
-            f"adapter {name!r}: environment variable {name}={raw!r} is not a number"
+            f"adapter {name!r}: the environment variable of that name is not a number"
         ) from exc
 
 
 def discover(
-    adapter_dir: Path | None, environ: Mapping[str, str] | None = None
+    adapter_dir: Path | None,
+    strengths: Mapping[str, float] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> list[AdapterSpec]:
-    """Every sub-directory with an `adapter_config.json`, sorted by name for a stable order."""
+    """Every sub-directory with an `adapter_config.json`, sorted by name for a stable order.
+
+    A strength comes from `strengths` (the server's settings), else upstream's env convention.
+    """
     if adapter_dir is None or not adapter_dir.is_dir():
         return []
+    env = os.environ if environ is None else environ
     specs = []
     for child in sorted(adapter_dir.iterdir()):
         if child.is_dir() and (child / ADAPTER_CONFIG).is_file():
-            specs.append(AdapterSpec(child.name, child, strength_from_env(child.name, environ)))
+            strength = (strengths or {}).get(child.name)
+            if strength is None:
+                strength = _strength_from_env(child.name, env)
+            specs.append(AdapterSpec(child.name, child, strength))
     return specs
 
 

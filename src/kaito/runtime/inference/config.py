@@ -14,8 +14,12 @@ import yaml
 
 from kaito.contract.files import ADAPTER_DIR, WEIGHTS_DIR
 from kaito.contract.inference import InferenceConfigError, vllm_section
+from kaito.runtime.inference.chat_templates import resolve_template_path
 
 DEFAULT_MODEL = WEIGHTS_DIR
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+API_KEY_ENV = "KAITO_API_KEY"
+API_KEY_FILE_ENV = "KAITO_API_KEY_FILE"
 DEFAULT_ADAPTER_DIR = ADAPTER_DIR
 ENGINES = ("transformers", "vllm")
 PIPELINES = ("text-generation", "conversational")
@@ -42,7 +46,13 @@ class ServerConfig:
     max_queue_len: int = 256  # waiting requests before answering 429
     max_prefill_tokens: int = 4096  # padded prompt tokens per admission step
     default_max_tokens: int = 512  # completion budget when a request names none
-    api_key: str | None = None  # bearer token required on /v1 and /chat; None: open
+    # Bearer token required on /v1/* and /chat; None: open. Resolved by `parse_args` from
+    # --api-key-file / KAITO_API_KEY_FILE (a mounted Secret), KAITO_API_KEY, or --api-key.
+    api_key: str | None = field(default=None, repr=False)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # request bodies above this answer 413
+    # LoRA scale per adapter name, from the Workspace (--adapter-strength NAME=VALUE or the
+    # config file's `adapter_strengths` mapping); a name not listed gets 1.0.
+    adapter_strengths: Mapping[str, float] = field(default_factory=dict)
     num_threads: int | None = None  # torch intra-op threads; None: all visible cores
     weight_packing: bool = True  # fp32 on CPU: oneDNN-prepacked linear weights (packed_linear)
     trust_remote_code: bool = False
@@ -52,6 +62,9 @@ class ServerConfig:
     extra_args: tuple[str, ...] = ()
     vllm_file_args: Mapping[str, Any] = field(default_factory=dict)  # the file's `vllm:` section
     load_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    # Fields `parse_args` was given a value for (flags, the config file, env): an engine with
+    # defaults of its own (vLLM) passes on only these, not kaito's CPU-engine defaults.
+    explicit: frozenset[str] = frozenset()
 
     @property
     def model_name(self) -> str:
@@ -93,7 +106,21 @@ def _parser() -> argparse.ArgumentParser:
     add("--max-queue-len", "--max_queue_len", type=int, help="waiting requests before 429")
     add("--max-prefill-tokens", "--max_prefill_tokens", type=int)
     add("--default-max-tokens", "--default_max_tokens", type=int)
-    add("--api-key", "--api_key", help="bearer token (or env KAITO_API_KEY)")
+    add("--api-key", "--api_key", help="bearer token (visible in ps: prefer --api-key-file)")
+    add(
+        "--api-key-file",
+        "--api_key_file",
+        help=f"file holding the bearer token, e.g. a mounted Secret (or env {API_KEY_FILE_ENV})",
+    )
+    add("--max-body-bytes", "--max_body_bytes", type=int, help="larger request bodies get 413")
+    add(
+        "--adapter-strength",
+        "--adapter_strength",
+        dest="adapter_strength",
+        action="append",
+        metavar="NAME=VALUE",
+        help="LoRA scale of one adapter (repeatable)",
+    )
     add("--num-threads", "--num_threads", type=int)
     add(
         "--no-weight-packing",
@@ -123,6 +150,8 @@ _FIELDS = {
     "max_prefill_tokens",
     "default_max_tokens",
     "api_key",
+    "max_body_bytes",
+    "adapter_strengths",
     "num_threads",
     "weight_packing",
     "trust_remote_code",
@@ -188,19 +217,61 @@ def parse_args(
     if namespace.config:
         file_values, vllm_file = _file_entries(namespace.config)
         values.update(file_values)
-    if "api_key" not in values and env.get("KAITO_API_KEY"):
-        values["api_key"] = env["KAITO_API_KEY"]
+    key_file = namespace.api_key_file or env.get(API_KEY_FILE_ENV)
+    if key_file:
+        values["api_key"] = read_api_key(key_file)
+    elif "api_key" not in values and env.get(API_KEY_ENV):
+        values["api_key"] = env[API_KEY_ENV]
+    strengths = _strengths(values.get("adapter_strengths") or {}, "adapter_strengths")
+    strengths.update(_strengths(namespace.adapter_strength or [], "--adapter-strength"))
+    values["adapter_strengths"] = strengths
     if "port" not in values:
         values["port"] = 5000 + int(env.get("LOCAL_RANK", "0") or 0)
     if env.get("DEBUG_MODE", "").lower() == "true" and "log_level" not in values:
         values["log_level"] = "debug"
     config = ServerConfig(
         **values,
+        explicit=frozenset(values),
         extra_args=tuple(leftover),
         vllm_file_args=vllm_file,
         load_kwargs=parse_leftover(leftover) if values.get("engine") != "vllm" else {},
     )
     return validate(config)
+
+
+def read_api_key(path: str) -> str:
+    """The key in a file (a mounted Secret); errors name the file, never its content."""
+    try:
+        key = Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--api-key-file {path}: cannot read it ({type(exc).__name__})") from exc
+    if not key:
+        raise ConfigError(f"--api-key-file {path} is empty")
+    return key
+
+
+def _strengths(raw: object, where: str) -> dict[str, float]:
+    """`NAME=VALUE` items or a mapping as {name: float}; errors name the adapter."""
+    pairs: list[tuple[str, object]] = []
+    if isinstance(raw, Mapping):
+        pairs = [(str(k), v) for k, v in raw.items()]
+    elif isinstance(raw, list):
+        for item in raw:
+            name, sep, text = str(item).partition("=")
+            if not sep or not name:
+                raise ConfigError(f"{where}: expected NAME=VALUE, got {item!r}")
+            pairs.append((name, text))
+    else:
+        raise ConfigError(f"{where}: expected a mapping of adapter name to strength")
+    result: dict[str, float] = {}
+    for name, value in pairs:
+        try:
+            result[name] = float(str(value))
+        except ValueError:
+            raise ConfigError(
+                f"{where}: adapter {name!r} has a strength that is not a number"
+            ) from None
+    return result
 
 
 def validate(config: ServerConfig) -> ServerConfig:
@@ -211,6 +282,8 @@ def validate(config: ServerConfig) -> ServerConfig:
     for name in ("max_num_seqs", "max_queue_len", "max_prefill_tokens", "default_max_tokens"):
         if int(getattr(config, name)) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    if config.max_body_bytes < 1024:
+        raise ConfigError("--max-body-bytes must be at least 1024")
     if config.max_model_len is not None and config.max_model_len < 2:
         raise ConfigError("--max-model-len must be at least 2")
     if config.dtype != "auto":
@@ -227,7 +300,7 @@ def resolve_chat_template(value: str | None) -> str | None:
         return None
     if "{" in value or "\n" in value:
         return codecs.decode(value, "unicode_escape")
-    path = Path(value)
+    path = Path(resolve_template_path(value))
     if not path.is_file():
         raise ConfigError(f"--chat-template {value!r} is neither a file nor an inline template")
     return path.read_text()

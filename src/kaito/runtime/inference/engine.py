@@ -16,27 +16,58 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from kaito.runtime.inference.adapters import AdapterError, AdapterSpec, apply_strength, validate
+from kaito.runtime.inference.detokenizer import OutputText
+from kaito.runtime.inference.engines import (
+    ChatTurn,
+    Delta,
+    EngineHooks,
+    EngineStoppedError,
+    QueueFullError,
+    Sink,
+)
 from kaito.runtime.inference.sampling import SamplingParams, choose_tokens, make_generator
+
+if TYPE_CHECKING:
+    from kaito.runtime.inference.config import ServerConfig
 
 log = logging.getLogger(__name__)
 
 BASE_ADAPTER = "__base__"
+# A model's advertised context can be huge (128k); a CPU server caps it unless told otherwise.
+DEFAULT_CONTEXT_CAP = 8192
+# apply_chat_template arguments the server sets itself; clients may not override them.
+_TEMPLATE_ARGS = frozenset(
+    {
+        "conversation",
+        "messages",
+        "tokenize",
+        "add_generation_prompt",
+        "return_dict",
+        "return_tensors",
+        "chat_template",
+        "tokenizer_kwargs",
+        "continue_final_message",
+    }
+)
 
-
-class QueueFullError(RuntimeError):
-    """The waiting queue is at capacity; the caller should answer 429."""
-
-
-class EngineStoppedError(RuntimeError):
-    """The engine is not running (still loading, or shut down)."""
+__all__ = [
+    "Delta",
+    "EngineConfig",
+    "EngineStoppedError",
+    "HFCodec",
+    "QueueFullError",
+    "TransformersEngine",
+    "load_model",
+    "load_transformers_engine",
+]
 
 
 @dataclass(frozen=True)
@@ -53,16 +84,43 @@ class EngineConfig:
     max_arrival_wait_s: float = 0.05
 
 
-@dataclass
-class Delta:
-    """New output of one sequence since the previous delta."""
+class HFCodec:
+    """`PromptCodec` over a Hugging Face tokenizer."""
 
-    text: str
-    token_ids: list[int]
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str | None = None
-    error: str | None = None
+    def __init__(self, tokenizer: Any, vocab_size: int) -> None:
+        self.tokenizer = tokenizer
+        self._vocab_size = vocab_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
+        try:
+            ids = self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+        except Exception as exc:  # e.g. lone surrogates that JSON allows but UTF-8 does not
+            raise ValueError(f"the text cannot be tokenized: {exc}") from exc
+        return [int(i) for i in ids]
+
+    def render_chat(
+        self,
+        turns: Sequence[ChatTurn],
+        *,
+        add_generation_prompt: bool,
+        template_kwargs: Mapping[str, object],
+    ) -> str:
+        messages = [{"role": turn.role, "content": turn.content} for turn in turns]
+        extra = {k: v for k, v in template_kwargs.items() if k not in _TEMPLATE_ARGS}
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=add_generation_prompt, tokenize=False, **extra
+            )
+        except Exception as exc:  # a template rejecting the conversation is the client's error
+            raise ValueError(f"the chat template rejected these messages: {exc}") from exc
+        return str(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids)))
 
 
 @dataclass
@@ -71,10 +129,10 @@ class _Sequence:
     prompt_ids: list[int]
     params: SamplingParams
     adapter: str | None
-    sink: Callable[[Delta], None]
+    sink: Sink
     generator: torch.Generator | None
+    output: OutputText
     generated: list[int] = field(default_factory=list)
-    sent_chars: int = 0
     cancelled: bool = False
     finished: bool = False
     pending: int = -1  # last sampled token, not yet in the KV cache
@@ -101,6 +159,8 @@ class TransformersEngine:
         self.base_model = model
         self.model = model
         self.tokenizer = tokenizer
+        vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or len(tokenizer))
+        self.codec = HFCodec(tokenizer, vocab)
         self.config = config
         self.base_names = base_names
         self.adapters: dict[str, AdapterSpec] = {}
@@ -143,6 +203,10 @@ class TransformersEngine:
             self._thread.join(timeout=30)
 
     @property
+    def max_model_len(self) -> int:
+        return self.config.max_model_len
+
+    @property
     def num_waiting(self) -> int:
         return len(self._waiting)
 
@@ -157,7 +221,7 @@ class TransformersEngine:
         self,
         prompt_ids: list[int],
         params: SamplingParams,
-        sink: Callable[[Delta], None],
+        sink: Sink,
         adapter: str | None = None,
         request_id: str | None = None,
     ) -> Callable[[], None]:
@@ -169,6 +233,7 @@ class TransformersEngine:
             adapter=adapter,
             sink=sink,
             generator=make_generator(params.seed),
+            output=OutputText(self._decoder(params.skip_special_tokens), params.stop),
         )
         with self._wake:
             if self._stopping:
@@ -215,6 +280,14 @@ class TransformersEngine:
             if not done:
                 cancel()
 
+    def _decoder(self, skip_special_tokens: bool) -> Callable[[Sequence[int]], str]:
+        tokenizer = self.tokenizer
+
+        def decode(ids: Sequence[int]) -> str:
+            return str(tokenizer.decode(ids, skip_special_tokens=skip_special_tokens))
+
+        return decode
+
     def call_in_worker(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
         """Run `fn` on the worker thread between two steps, where touching the model is safe."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -224,6 +297,12 @@ class TransformersEngine:
         if self._thread is None:  # not started (tests, or loading): run inline
             self._run_commands()
         return future
+
+    def add_adapter(self, spec: AdapterSpec) -> concurrent.futures.Future[None]:
+        return self.call_in_worker(lambda: self.load_adapter(spec))
+
+    def remove_adapter(self, name: str) -> concurrent.futures.Future[None]:
+        return self.call_in_worker(lambda: self.unload_adapter(name))
 
     # ---- adapters (worker thread only) ------------------------------------------------------
 
@@ -244,7 +323,11 @@ class TransformersEngine:
             else:
                 self.model.load_adapter(str(spec.path), adapter_name=spec.name, is_trainable=False)
         except Exception as exc:
-            raise AdapterError(f"adapter {spec.name!r} failed to load: {exc}") from exc
+            # peft's message may quote the files it read; the log keeps it, the client does not.
+            log.warning("adapter %r failed to load", spec.name, exc_info=True)
+            raise AdapterError(
+                f"adapter {spec.name!r} failed to load ({type(exc).__name__}); see the server log"
+            ) from exc
         self.model.eval()
         apply_strength(self.model, spec.name, spec.strength)
         self.adapters[spec.name] = spec
@@ -476,32 +559,29 @@ class TransformersEngine:
             not params.ignore_eos and token in self._eos
         ) or token in params.stop_token_ids
         new_ids: list[int] = []
+        new_text = ""
         if stop_token and len(seq.generated) >= params.min_tokens:
             finish = "stop"
         else:
             seq.generated.append(token)
             new_ids = [token]
-        text = self.tokenizer.decode(seq.generated, skip_special_tokens=params.skip_special_tokens)
-        if params.stop and len(seq.generated) >= params.min_tokens:
-            search_from = max(0, seq.sent_chars - max(len(s) for s in params.stop))
-            hits = [i for i in (text.find(s, search_from) for s in params.stop) if i >= 0]
-            if hits:
-                text = text[: min(hits)]
+        search = len(seq.generated) >= params.min_tokens
+        stopped = False
+        if new_ids:
+            new_text, stopped = seq.output.push(token, search=search)
+            if stopped:
                 finish = "stop"
         if finish is None and (
             len(seq.generated) >= params.max_tokens
             or len(seq.prompt_ids) + len(seq.generated) >= self.config.max_model_len
         ):
             finish = "length"
-        if finish is None:
-            # Hold back what could still grow into a stop string.
-            limit = len(text) - max((len(s) - 1 for s in params.stop), default=0)
-            # A trailing replacement char is half of a multi-byte character: wait for the rest.
-            while limit > seq.sent_chars and text[limit - 1] == "\ufffd":
-                limit -= 1
-            text = text[:limit]
-        new_text = text[seq.sent_chars :]
-        seq.sent_chars = max(seq.sent_chars, len(text))
+        if finish is not None and not stopped:
+            # Ending for another reason: the held-back tail is final text (or holds a stop).
+            rest, stopped = seq.output.finish(search=search)
+            new_text += rest
+            if stopped:
+                finish = "stop"
         seq.pending = token
         seq.finished = finish is not None
         if new_text or new_ids or finish is not None:
@@ -551,6 +631,70 @@ def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
     return frozenset(ids)
+
+
+def load_transformers_engine(config: ServerConfig, hooks: EngineHooks) -> TransformersEngine:
+    """Load the model on a new thread that then runs the engine; return once it accepts work.
+
+    All model work stays on that one thread (see `TransformersEngine.run`).
+    """
+    started: concurrent.futures.Future[TransformersEngine] = concurrent.futures.Future()
+
+    def work() -> None:
+        try:
+            engine = _build_engine(config, hooks)
+        except BaseException as exc:
+            started.set_exception(exc)
+            return
+        engine.run(on_started=lambda: started.set_result(engine))
+
+    threading.Thread(target=work, name="kaito-engine", daemon=True).start()
+    return started.result()
+
+
+def _build_engine(config: ServerConfig, hooks: EngineHooks) -> TransformersEngine:
+    from kaito.runtime.inference.config import resolve_chat_template
+    from kaito.runtime.inference.packed_linear import try_pack
+
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    kwargs = dict(config.load_kwargs)
+    if config.trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    if hooks.preloaded is not None:
+        model, tokenizer = hooks.preloaded
+    else:
+        model, tokenizer = load_model(config.model, config.dtype, **kwargs)
+    if config.weight_packing:
+        try_pack(model)
+    template = resolve_chat_template(config.chat_template)
+    if template is not None:
+        tokenizer.chat_template = template
+    limit = int(getattr(model.config, "max_position_embeddings", 0) or DEFAULT_CONTEXT_CAP)
+    if config.max_model_len is None:
+        max_model_len = min(limit, DEFAULT_CONTEXT_CAP)
+    elif config.max_model_len > limit:
+        raise ValueError(
+            f"--max-model-len {config.max_model_len} exceeds the model's limit of {limit}"
+        )
+    else:
+        max_model_len = config.max_model_len
+    names = [config.model_name, config.model, str(getattr(model.config, "name_or_path", "") or "")]
+    engine = TransformersEngine(
+        model,
+        tokenizer,
+        EngineConfig(
+            max_num_seqs=config.max_num_seqs,
+            max_queue_len=config.max_queue_len,
+            max_prefill_tokens=config.max_prefill_tokens,
+            max_model_len=max_model_len,
+        ),
+        base_names=tuple(n for n in names if n),
+        on_step=hooks.on_step,
+    )
+    for spec in hooks.adapters:
+        engine.load_adapter(spec)
+    return engine
 
 
 def load_model(path: str | Path, dtype: str = "auto", **kwargs: Any) -> tuple[Any, Any]:

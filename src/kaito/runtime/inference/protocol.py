@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 # Bounds keep absurd inputs out before any tokenizing; finer checks (context length) come later.
 MAX_N = 8
 MAX_STOP = 8
+MAX_STOP_CHARS = 256
+MAX_MESSAGES = 1024  # messages per chat request
+Role = Literal["system", "user", "assistant", "tool", "developer"]
 
 
 class OpenAIModel(BaseModel):
@@ -37,7 +40,7 @@ class TextPart(BaseModel):
 
 
 class ChatMessage(OpenAIModel):
-    role: str = Field(min_length=1, max_length=64)
+    role: Role
     content: str | list[TextPart] | None = None
     name: str | None = None
 
@@ -78,7 +81,7 @@ class SamplingFields(OpenAIModel):
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     add_generation_prompt: bool = True
@@ -178,7 +181,8 @@ class ModelList(BaseModel):
 class LoadLoRAAdapterRequest(BaseModel):
     lora_name: str = Field(min_length=1, max_length=128)
     lora_path: str = Field(min_length=1, max_length=4096)
-    # kaito extension; None: the env var named like the adapter, else 1.0 (upstream's rule).
+    # kaito extension; None: the strength the Workspace set for this name (--adapter-strength),
+    # else 1.0.
     strength: float | None = Field(default=None, ge=-100.0, le=100.0)
 
 
@@ -192,7 +196,7 @@ class HealthResponse(BaseModel):
 
 
 class LegacyMessage(BaseModel):
-    role: str
+    role: Role
     content: str
 
 
@@ -220,7 +224,7 @@ class UnifiedRequestModel(BaseModel):
     """Body of the legacy `POST /chat` (every field optional, as upstream)."""
 
     prompt: str | None = None
-    messages: list[LegacyMessage] | None = None
+    messages: list[LegacyMessage] | None = Field(default=None, max_length=MAX_MESSAGES)
     return_full_text: bool = True
     clean_up_tokenization_spaces: bool = False
     prefix: str | None = None

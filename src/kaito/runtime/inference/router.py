@@ -1,4 +1,4 @@
-"""HTTP layer: FastAPI routes, auth, error bodies and request metrics around `InferenceServing`."""
+"""HTTP layer: FastAPI routes, auth, body limit, error bodies and request metrics."""
 
 from __future__ import annotations
 
@@ -7,54 +7,104 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kaito.runtime.inference import protocol as p
-from kaito.runtime.inference.serving import InferenceServing, ServingError
+from kaito.runtime.inference.serving import (
+    ClientGoneError,
+    EventStream,
+    InferenceServing,
+    ServingError,
+)
 
 log = logging.getLogger(__name__)
 
+OPENAI_PREFIX = "/v1/"
+CLIENT_CLOSED = 499  # nginx's code: nobody reads it, but the access log shows why it ended
+_ERROR_TEXTS = (
+    (400, "Invalid request (for example a prompt beyond the context length)"),
+    (401, "Missing or wrong API key"),
+    (404, "Unknown model or adapter"),
+    (413, "The request body is larger than --max-body-bytes"),
+    (429, "The waiting queue is full"),
+    (500, "Generation failed"),
+    (503, "The model is still loading"),
+)
 OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": p.ErrorResponse, "description": text}
-    for code, text in (
-        (400, "Invalid request (for example a prompt beyond the context length)"),
-        (401, "Missing or wrong API key"),
-        (404, "Unknown model or adapter"),
-        (429, "The waiting queue is full"),
-        (500, "Generation failed"),
-        (503, "The model is still loading"),
-    )
+    code: {"model": p.ErrorResponse, "description": text} for code, text in _ERROR_TEXTS
 }
 LEGACY_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": p.LegacyError, "description": text}
-    for code, text in (
-        (400, "prompt or messages missing, or too long"),
-        (401, "Missing or wrong API key"),
-        (429, "The waiting queue is full"),
-        (500, "Generation failed"),
-        (503, "The model is still loading"),
-    )
+    for code, text in _ERROR_TEXTS
+    if code != 404
 }
 
 
-def _openai_error(error: ServingError) -> JSONResponse:
-    return JSONResponse(error.openai_body(), status_code=error.status)
+def error_response(path: str, error: ServingError) -> JSONResponse:
+    """The one place an error becomes a body: OpenAI's shape on /v1/*, upstream's elsewhere."""
+    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+    if path.startswith(OPENAI_PREFIX):
+        body = error.openai_body().model_dump()
+    else:
+        body = p.LegacyError(detail=error.message).model_dump()
+    return JSONResponse(body, status_code=error.status, headers=headers)
 
 
-def _legacy_error(error: ServingError) -> JSONResponse:
-    return JSONResponse({"detail": error.message}, status_code=error.status)
+class BodyLimit:
+    """ASGI middleware: reads a request body up to `limit` bytes and answers 413 past it.
 
+    The body is read before any route runs, so a huge upload costs at most `limit` bytes of
+    memory and never reaches JSON parsing or tokenizing.
+    """
 
-def _disconnect_probe(request: Request) -> Callable[[], Awaitable[bool]]:
-    async def probe() -> bool:
-        return await request.is_disconnected()
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
 
-    return probe
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        path = str(scope.get("path", ""))
+        declared = dict(scope.get("headers", ())).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(path, scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # the client left while sending; the route sees an empty body
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.limit:
+                await self._refuse(path, scope, receive, send)
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        pending: list[Message] = [{"type": "http.request", "body": b"".join(chunks)}]
+
+        async def replay() -> Message:
+            return pending.pop() if pending else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
+        error = ServingError(
+            413,
+            f"the request body is larger than {self.limit} bytes (--max-body-bytes)",
+            "RequestTooLargeError",
+        )
+        await error_response(path, error)(scope, receive, send)
 
 
 def build_app(
@@ -87,41 +137,33 @@ def build_app(
     async def require_key(request: Request) -> None:
         if config.api_key is None:
             return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(
             token.encode(), config.api_key.encode()
         ):
-            raise _UnauthorizedError()
+            raise ServingError(401, "missing or invalid API key", "AuthenticationError")
 
-    class _UnauthorizedError(Exception):
-        pass
+    @app.exception_handler(ServingError)
+    async def serving_error(request: Request, exc: ServingError) -> JSONResponse:
+        return error_response(request.url.path, exc)
 
-    @app.exception_handler(_UnauthorizedError)
-    async def unauthorized(_request: Request, _exc: _UnauthorizedError) -> JSONResponse:
-        error = ServingError(401, "missing or invalid API key", "AuthenticationError")
-        return JSONResponse(
-            error.openai_body(), status_code=401, headers={"WWW-Authenticate": "Bearer"}
-        )
+    @app.exception_handler(ClientGoneError)
+    async def client_gone(_request: Request, _exc: ClientGoneError) -> Response:
+        return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # vLLM answers 400 with an OpenAI error body; the legacy API keeps FastAPI's 422.
-        if not request.url.path.startswith("/v1/"):
-            detail = [_plain(err) for err in exc.errors()]
-            return JSONResponse({"detail": detail}, status_code=422)
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(x) for x in first.get("loc", ())[1:]) or None
-        message = f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request"
-        return _openai_error(ServingError(400, message, param=where))
+        errors = exc.errors()
+        if not request.url.path.startswith(OPENAI_PREFIX):
+            return JSONResponse({"detail": [_plain(err) for err in errors]}, status_code=422)
+        return error_response(request.url.path, _validation_error(errors[0] if errors else {}))
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
         error = ServingError(500, f"internal error: {type(exc).__name__}", "InternalServerError")
-        if request.url.path.startswith("/v1/"):
-            return _openai_error(error)
-        return _legacy_error(error)
+        return error_response(request.url.path, error)
 
     @app.middleware("http")
     async def count_requests(
@@ -136,6 +178,23 @@ def build_app(
         if not isinstance(response, StreamingResponse) or path == "/metrics":
             metrics.latency.labels(path).observe(time.monotonic() - started)
         return response
+
+    # Outermost: a body past the limit is refused before anything else reads it.
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+
+    def respond(result: BaseModel | EventStream, path: str) -> Response:
+        if isinstance(result, BaseModel):
+            return JSONResponse(result.model_dump())
+        started = time.monotonic()
+
+        async def body() -> AsyncIterator[str]:
+            try:
+                async for piece in result.events:
+                    yield piece
+            finally:
+                metrics.latency.labels(path).observe(time.monotonic() - started)
+
+        return StreamingResponse(body(), media_type="text/event-stream")
 
     @app.get("/", summary="Liveness banner (legacy)")
     async def root() -> dict[str, str]:
@@ -166,43 +225,30 @@ def build_app(
     async def models() -> p.ModelList:
         return serving.models()
 
-    def _stream(iterator: AsyncIterator[str], path: str) -> StreamingResponse:
-        started = time.monotonic()
-
-        async def body() -> AsyncIterator[str]:
-            try:
-                async for piece in iterator:
-                    yield piece
-            finally:
-                metrics.latency.labels(path).observe(time.monotonic() - started)
-
-        return StreamingResponse(body(), media_type="text/event-stream")
+    stream_or_json: dict[int | str, dict[str, Any]] = {
+        **OPENAI_ERRORS,
+        200: {"content": {"text/event-stream": {}}, "description": "Completion or SSE"},
+    }
 
     @app.post(
         "/v1/chat/completions",
         response_model=p.ChatCompletionResponse,
         dependencies=[Depends(require_key)],
-        responses={
-            **OPENAI_ERRORS,
-            200: {"content": {"text/event-stream": {}}, "description": "Completion or SSE"},
-        },
+        responses=stream_or_json,
     )
     async def chat_completions(req: p.ChatCompletionRequest, request: Request) -> Response:
-        result = await serving.chat(req, _disconnect_probe(request))
-        return _respond(result, "/v1/chat/completions", _stream)
+        result = await serving.chat(req, request.is_disconnected)
+        return respond(result, "/v1/chat/completions")
 
     @app.post(
         "/v1/completions",
         response_model=p.CompletionResponse,
         dependencies=[Depends(require_key)],
-        responses={
-            **OPENAI_ERRORS,
-            200: {"content": {"text/event-stream": {}}, "description": "Completion or SSE"},
-        },
+        responses=stream_or_json,
     )
     async def completions(req: p.CompletionRequest, request: Request) -> Response:
-        result = await serving.completion(req, _disconnect_probe(request))
-        return _respond(result, "/v1/completions", _stream)
+        result = await serving.completion(req, request.is_disconnected)
+        return respond(result, "/v1/completions")
 
     @app.post(
         "/v1/load_lora_adapter",
@@ -210,11 +256,8 @@ def build_app(
         dependencies=[Depends(require_key)],
         responses=OPENAI_ERRORS,
     )
-    async def load_lora_adapter(req: p.LoadLoRAAdapterRequest) -> Response:
-        result = await serving.load_adapter(req)
-        if isinstance(result, ServingError):
-            return _openai_error(result)
-        return PlainTextResponse(result)
+    async def load_lora_adapter(req: p.LoadLoRAAdapterRequest) -> PlainTextResponse:
+        return PlainTextResponse(await serving.load_adapter(req))
 
     @app.post(
         "/v1/unload_lora_adapter",
@@ -222,11 +265,8 @@ def build_app(
         dependencies=[Depends(require_key)],
         responses=OPENAI_ERRORS,
     )
-    async def unload_lora_adapter(req: p.UnloadLoRAAdapterRequest) -> Response:
-        result = await serving.unload_adapter(req)
-        if isinstance(result, ServingError):
-            return _openai_error(result)
-        return PlainTextResponse(result)
+    async def unload_lora_adapter(req: p.UnloadLoRAAdapterRequest) -> PlainTextResponse:
+        return PlainTextResponse(await serving.unload_adapter(req))
 
     @app.post(
         "/chat",
@@ -236,32 +276,24 @@ def build_app(
         summary="Legacy KAITO chat (prompt or messages, generate_kwargs)",
     )
     async def legacy_chat(req: p.UnifiedRequestModel, request: Request) -> Response:
-        result = await serving.legacy_chat(req, _disconnect_probe(request))
-        if result is None:
-            return Response(status_code=499)
-        if isinstance(result, ServingError):
-            return _legacy_error(result)
-        return JSONResponse(result.model_dump())
+        return respond(await serving.legacy_chat(req, request.is_disconnected), "/chat")
 
     return app
 
 
-def _respond(
-    result: Any,
-    path: str,
-    stream: Callable[[AsyncIterator[str], str], StreamingResponse],
-) -> Response:
-    if result is None:
-        # The client disconnected; nobody reads this, but the access log shows why it ended.
-        return Response(status_code=499)
-    if isinstance(result, ServingError):
-        return _openai_error(result)
-    if hasattr(result, "model_dump"):
-        return JSONResponse(result.model_dump())
-    return stream(result, path)
+def _validation_error(error: MutableMapping[str, Any]) -> ServingError:
+    """A 400 naming the field, or for a body that is not JSON, the position where it broke."""
+    loc = tuple(error.get("loc", ()))
+    if error.get("type") == "json_invalid":
+        position = loc[1] if len(loc) > 1 else "?"
+        reason = (error.get("ctx") or {}).get("error", "invalid JSON")
+        return ServingError(400, f"the body is not valid JSON: {reason} at character {position}")
+    where = ".".join(str(x) for x in loc[1:]) or None
+    message = f"{where}: {error.get('msg', 'invalid request')}" if where else "invalid request"
+    return ServingError(400, message, param=where)
 
 
-def _plain(error: Any) -> dict[str, Any]:
+def _plain(error: MutableMapping[str, Any]) -> dict[str, Any]:
     # Validation errors may carry exception objects in ctx; keep the JSON-safe parts only.
     return {key: error[key] for key in ("type", "loc", "msg") if key in error}
 
