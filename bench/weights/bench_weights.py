@@ -41,8 +41,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from tests.support.registry import start_registry  # noqa: E402
 
-from kaito.runtime.oci.blobs import BlobClient  # noqa: E402
-from kaito.runtime.oci.image import fetch_manifest  # noqa: E402
+from kaito.runtime.oci.blobs import BlobClient, fetch_manifest  # noqa: E402
 from kaito.runtime.oci.weights import (  # noqa: E402
     package_weights,
     pull_weights,

@@ -36,7 +36,7 @@ def package(
     insecure: bool | None = INSECURE,
 ) -> None:
     """Package SOURCE as one layer per file and push it to --image (unchanged blobs skip)."""
-    from kaito.runtime.oci.image import RegistryError
+    from kaito.runtime.oci.registry import RegistryError
     from kaito.runtime.oci.weights import WeightsError, package_weights, push_weights
 
     try:
@@ -76,7 +76,7 @@ def pull(
     insecure: bool | None = INSECURE,
 ) -> None:
     """Pull REFERENCE into DIRECTORY; blobs already in the node cache are not downloaded."""
-    from kaito.runtime.oci.image import RegistryError
+    from kaito.runtime.oci.registry import RegistryError
     from kaito.runtime.oci.weights import WeightsError, pull_weights
 
     configs: list[Path | None] = [docker_config]

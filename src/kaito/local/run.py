@@ -131,7 +131,7 @@ def run_tuning_plan(
     allow_lora_fallback: bool = False,
 ) -> TuningSummary:
     """Fetch, train and deliver; raises LocalModeError with one line on bad input."""
-    from kaito.runtime.oci.image import RegistryError
+    from kaito.runtime.oci.registry import RegistryError
     from kaito.runtime.tuning.config import ConfigError, load_config, template_path
     from kaito.runtime.tuning.data import DatasetError
     from kaito.runtime.tuning.preflight import QLoRAUnavailableError

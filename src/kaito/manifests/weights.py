@@ -22,6 +22,9 @@ CACHE_VOLUME = "weights-cache"
 SECRETS_DIR = "/root/.docker/config.d/weights"
 SECRETS_VOLUME = "docker-config-weights"
 INIT_NAME = "weights-puller"
+# Where HF_HOME moves when the weights directory becomes read-only for the workload: the
+# libraries write caches there (datasets, remote code), never into the shared weights.
+WRITABLE_HF_HOME = "/tmp/hf-home"
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,7 @@ def with_weights_pull(
     pull: WeightsPull,
     *,
     weights_dir: str = WEIGHTS_DIR,
+    weights_volume: str = WEIGHTS_VOLUME,
     model_flag: str = "--model",
 ) -> JSON:
     """A copy of `pod_spec` that pulls first and points the main container at the weights.
@@ -128,6 +132,10 @@ def with_weights_pull(
     failing weights pull should fail fast). Every other container's `--model=<hub id>`
     becomes `--model=<weights_dir>`, so the server or tuner loads the pulled files instead of
     the hub (the tuner is an init container when a pusher follows it).
+
+    Every other container mounts the weights volume read-only: its files are hard links to
+    the node cache, so a writable mount would let one pod change the bytes the next pod on
+    the node loads. An HF_HOME inside the weights directory moves to WRITABLE_HF_HOME.
     """
     spec = copy.deepcopy(pod_spec)
     spec["initContainers"] = [copy.deepcopy(pull.init_container), *spec.get("initContainers", [])]
@@ -144,6 +152,12 @@ def with_weights_pull(
         ]
     prefix = f"{model_flag}="
     for container in [*spec["initContainers"][1:], *spec.get("containers", [])]:
+        for mount in container.get("volumeMounts", []):
+            if mount.get("name") == weights_volume:
+                mount["readOnly"] = True
+        for variable in container.get("env", []):
+            if variable.get("name") == "HF_HOME" and variable.get("value") == weights_dir:
+                variable["value"] = WRITABLE_HF_HOME
         for key in ("args", "command"):
             if container.get(key):
                 container[key] = [

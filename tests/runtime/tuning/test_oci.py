@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import tarfile
@@ -11,15 +12,21 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kaito.runtime.oci.adapter import ANNOTATION_MODEL, AdapterError, pull_adapter, push_adapter
+from kaito.runtime.oci.adapter import AdapterError, pull_adapter, push_adapter
+from kaito.runtime.oci.blobs import BlobClient, fetch_manifest
 from kaito.runtime.oci.image import (
+    UnsafeLayerError,
+    extract_layer,
+    pull_image_data,
+    push_data_image,
+)
+from kaito.runtime.oci.registry import (
+    ANNOTATION_MODEL,
     MEDIA_CONFIG,
     MEDIA_LAYER_GZIP,
     MEDIA_MANIFEST,
     ImageReference,
     RegistryError,
-    fetch_manifest,
-    push_data_image,
 )
 from kaito.runtime.tuning.inputs import fetch_image, read_inputs
 from tests.runtime.tuning.builders import messages_rows, write_rows
@@ -217,3 +224,118 @@ def test_kaito_tune_pushes_a_finished_run_with_lineage_annotations(
     assert annotations[ANNOTATION_MODEL] == "smollm2-135m-instruct"
     assert annotations["sh.kaito.tuning.method"] == "lora"
     assert annotations["sh.kaito.tuning.datasets"].count("sha256:") == 4
+
+
+# Hostile layers
+
+
+def _layer(entries: list[tuple[str, bytes | None]]) -> bytes:
+    """A gzip'd tar of (name, content) entries; None content is a directory."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, content in entries:
+            info = tarfile.TarInfo(name)
+            if content is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size, info.mode = len(content), 0o644
+                tar.addfile(info, io.BytesIO(content))
+    return gzip.compress(raw.getvalue(), mtime=0)
+
+
+def _layer_at(path: Path, entries: list[tuple[str, bytes | None]]) -> Path:
+    path.write_bytes(_layer(entries))
+    return path
+
+
+def _push_layers(registry: LocalRegistry, repository: str, layers: list[bytes]) -> str:
+    ref = registry.ref(repository, "1")
+    blobs = BlobClient(ref)
+    config = b"{}"
+    descriptors = []
+    for body in [config, *layers]:
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        blobs.upload(body, digest, len(body))
+        descriptors.append({"mediaType": MEDIA_LAYER_GZIP, "digest": digest, "size": len(body)})
+    descriptors[0]["mediaType"] = MEDIA_CONFIG
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "config": descriptors[0],
+        "layers": descriptors[1:],
+    }
+    blobs.put_manifest("1", json.dumps(manifest).encode(), MEDIA_MANIFEST)
+    return ref
+
+
+def test_a_whiteout_that_climbs_out_of_the_root_refuses_the_image_and_deletes_nothing(
+    oci_registry: LocalRegistry, tmp_path: Path
+) -> None:
+    dest = tmp_path / "out" / "dataset"
+    # The puller unpacks into <dest's parent>/<staging>/rootfs: three levels up is out/.
+    victim = tmp_path / "out" / "x" / "y"
+    victim.parent.mkdir(parents=True)
+    victim.write_text("must survive")
+    lower = _layer([("data", None), ("data/keep.jsonl", b"{}")])
+    hostile = _layer([("data/new.jsonl", b"{}"), ("data/../../../x/.wh.y", b"")])
+    ref = _push_layers(oci_registry, "datasets/whiteout", [lower, hostile])
+    with pytest.raises(UnsafeLayerError, match=r"would land outside the root"):
+        pull_image_data(ref, dest, attempts=1)
+    assert victim.read_text() == "must survive"
+    assert not dest.exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x"]
+
+
+def test_a_hostile_layer_is_refused_before_it_touches_the_lower_layers(tmp_path: Path) -> None:
+    rootfs = tmp_path / "stage" / "rootfs"
+    extract_layer(_layer_at(tmp_path / "l1", [("data", None), ("data/keep", b"k")]), rootfs)
+    outside = tmp_path / "stage" / "precious"
+    outside.write_text("p")
+    cases = [
+        [("data/.wh.keep", b""), ("data/../../precious", b"overwritten")],
+        [("data/.wh.keep", b""), ("../.wh.precious", b"")],
+        [("data/.wh.keep", b""), ("/../../.wh.precious", b"")],
+        [("data/.wh.keep", b""), ("data/.wh..", b"")],
+    ]
+    for index, entries in enumerate(cases):
+        with pytest.raises(UnsafeLayerError):
+            extract_layer(_layer_at(tmp_path / f"bad{index}", entries), rootfs)
+        assert (rootfs / "data" / "keep").read_bytes() == b"k", entries
+        assert outside.read_text() == "p", entries
+
+
+def test_whiteouts_inside_the_root_remove_lower_layer_entries_only(tmp_path: Path) -> None:
+    rootfs = tmp_path / "rootfs"
+    lower = [("data", None), ("data/a", b"a"), ("data/b", b"b"), ("data/sub", None)]
+    extract_layer(_layer_at(tmp_path / "l1", [*lower, ("data/sub/c", b"c")]), rootfs)
+    upper = [("data/.wh.a", b""), ("data/sub/.wh..wh..opq", b""), ("data/sub/d", b"d")]
+    extract_layer(_layer_at(tmp_path / "l2", upper), rootfs)
+    assert sorted(p.relative_to(rootfs).as_posix() for p in rootfs.rglob("*")) == [
+        "data",
+        "data/b",
+        "data/sub",
+        "data/sub/d",
+    ]
+
+
+def test_extraction_stops_at_the_size_cap(tmp_path: Path) -> None:
+    blob = _layer_at(
+        tmp_path / "layer", [("data", None), ("data/a", b"x" * 1000), ("data/b", b"y" * 24)]
+    )
+    assert extract_layer(blob, tmp_path / "fits", max_bytes=1024) == 1024
+    with pytest.raises(UnsafeLayerError, match="1023 byte limit"):
+        extract_layer(blob, tmp_path / "over", max_bytes=1023)
+    assert not (tmp_path / "over").exists()
+
+
+def test_a_link_out_of_the_root_is_refused(tmp_path: Path) -> None:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        link = tarfile.TarInfo("data/passwd")
+        link.type, link.linkname = tarfile.SYMTYPE, "../../../etc/passwd"
+        tar.addfile(link)
+    blob = tmp_path / "layer"
+    blob.write_bytes(raw.getvalue())
+    with pytest.raises(UnsafeLayerError, match="outside the root"):
+        extract_layer(blob, tmp_path / "rootfs")

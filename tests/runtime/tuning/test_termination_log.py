@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kaito.runtime.oci.image import fetch_manifest
+from kaito.runtime.oci.blobs import fetch_manifest
 from kaito.runtime.tuning.cli import TERMINATION_LOG_LIMIT, compact_result, main
 from tests.runtime.tuning.builders import messages_rows, write_rows
 from tests.support.registry import LocalRegistry

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kaito.runtime.oci.blobs import sha256_file
-from kaito.runtime.oci.image import RegistryError
+from kaito.runtime.oci.registry import RegistryError
 from kaito.runtime.oci.weights import (
     BlobCache,
     WeightsPackage,

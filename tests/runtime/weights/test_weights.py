@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from kaito.cli.main import app
 from kaito.runtime.oci.blobs import sha256_file
-from kaito.runtime.oci.image import RegistryError
+from kaito.runtime.oci.registry import RegistryError
 from kaito.runtime.oci.weights import (
     ANNOTATION_FILES,
     ANNOTATION_MODEL,
@@ -152,6 +152,46 @@ def test_a_corrupted_cached_blob_is_detected_by_digest_and_fetched_again(
     assert again.refetched_blobs == 1
     assert again.downloaded_bytes == shard.size
     _same_files(tmp_path / "second", smol_package)
+
+
+def test_a_blob_rewritten_in_place_with_its_times_put_back_is_not_trusted(
+    smol_pushed: WeightsPushResult, smol_package: WeightsPackage, tmp_path: Path
+) -> None:
+    # What a pod that could write the shared cache would do to poison the next pod: same
+    # size, same inode, mtime restored. Only ctime (which user space cannot set) moves.
+    cache = tmp_path / "cache"
+    pull_weights(smol_pushed.reference, tmp_path / "first", cache_dir=cache)
+    shard = next(f for f in smol_package.files if f.name == "model.safetensors")
+    blob = BlobCache(cache).path(shard.digest)
+    before = blob.stat()
+    blob.chmod(0o644)
+    with blob.open("r+b") as fh:
+        fh.seek(shard.size // 3)
+        fh.write(b"\x00poison\x00")
+    blob.chmod(0o444)
+    os.utime(blob, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = blob.stat()
+    assert (after.st_size, after.st_ino, after.st_mtime_ns) == (
+        before.st_size,
+        before.st_ino,
+        before.st_mtime_ns,
+    )
+    again = pull_weights(smol_pushed.reference, tmp_path / "second", cache_dir=cache)
+    assert again.refetched_blobs == 1
+    assert again.downloaded_bytes == shard.size
+    _same_files(tmp_path / "second", smol_package)
+
+
+def test_a_blob_cached_without_a_check_on_this_node_is_hashed_before_use(
+    smol_pushed: WeightsPushResult, smol_package: WeightsPackage, tmp_path: Path
+) -> None:
+    cache = BlobCache(tmp_path / "cache")
+    shard = next(f for f in smol_package.files if f.name == "model.safetensors")
+    # Planted under the right name, never verified here: no stamp, so it is hashed first.
+    cache.path(shard.digest).write_bytes(b"\x00" * shard.size)
+    pulled = pull_weights(smol_pushed.reference, tmp_path / "weights", cache_dir=cache.root)
+    assert pulled.refetched_blobs == 1
+    _same_files(tmp_path / "weights", smol_package)
 
 
 def test_an_interrupted_pull_resumes_from_the_partial_download(

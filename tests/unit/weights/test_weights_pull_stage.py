@@ -137,6 +137,38 @@ def test_a_tuning_job_whose_preset_names_a_weights_image_tunes_the_pulled_weight
     assert WEIGHTS_DIR in {m["mountPath"] for m in tuner["volumeMounts"]}
 
 
+def _weights_mounts(spec: JSON) -> dict[str, JSON]:
+    return {
+        container["name"]: mount
+        for container in [*spec["initContainers"], *spec["containers"]]
+        for mount in container.get("volumeMounts", [])
+        if mount["name"] == "model-weights-volume"
+    }
+
+
+def test_only_the_puller_may_write_the_weights_that_link_to_the_node_cache() -> None:
+    body = with_(inference_workspace(), "inference.preset.presetOptions", {"image": IMAGE})
+    spec = build_statefulset(resolve(parse_workspace(stored(body)), OPTIONS))["spec"]
+    mounts = _weights_mounts(spec["template"]["spec"])
+    assert not mounts.pop(INIT_NAME).get("readOnly")
+    assert mounts and all(m["readOnly"] is True for m in mounts.values())
+
+
+def test_a_tuner_on_pulled_weights_keeps_its_caches_out_of_the_read_only_weights() -> None:
+    body = with_(tuning_workspace(), "tuning.preset.presetOptions", {"image": IMAGE})
+    spec = build_job(resolve(parse_workspace(stored(body)), OPTIONS))["spec"]["template"]["spec"]
+    mounts = _weights_mounts(spec)
+    assert not mounts.pop(INIT_NAME).get("readOnly")
+    assert mounts and all(m["readOnly"] is True for m in mounts.values())
+    homes = {
+        variable["value"]
+        for container in [*spec["initContainers"], *spec["containers"]]
+        for variable in container.get("env", [])
+        if variable["name"] == "HF_HOME"
+    }
+    assert homes and not any(home.startswith(WEIGHTS_DIR) for home in homes)
+
+
 def test_workspaces_without_a_weights_image_get_no_pull_stage() -> None:
     ctx = resolve(parse_workspace(stored(inference_workspace())), OPTIONS)
     spec = build_statefulset(ctx)["spec"]["template"]["spec"]

@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from kaito.runtime.oci.adapter import AdapterError, push_adapter
-    from kaito.runtime.oci.image import RegistryError, pull_image_data
+    from kaito.runtime.oci.image import pull_image_data
+    from kaito.runtime.oci.registry import RegistryError
 
     docker_config = Path(args.docker_config) if args.docker_config else None
     try:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kaito.runtime.oci.image import PullResult, PushResult, pull_image_data, push_data_image
+from kaito.runtime.oci.registry import ANNOTATION_MODEL
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # Pushed beside the adapter so a consumer gets tokenizer, chat template and lineage too;
@@ -19,7 +20,6 @@ EXTRA_FILES = (
     "chat_template.jinja",
     "tuning_metadata.json",
 )
-ANNOTATION_MODEL = "sh.kaito.model.name"
 ANNOTATION_PREFIX = "sh.kaito.tuning."
 
 

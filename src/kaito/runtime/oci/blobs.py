@@ -1,4 +1,4 @@
-"""Registry blob endpoints for one repository: HEAD, ranged GET, streamed upload, manifests."""
+"""One repository's endpoints: blobs (HEAD, whole and ranged GET, upload) and manifests."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kaito.runtime.oci.image import ImageReference, RegistryError, _check, _client
+from kaito.runtime.oci.registry import (
+    INDEX_TYPES,
+    MANIFEST_ACCEPT,
+    ImageReference,
+    RegistryError,
+    check_response,
+    registry_client,
+)
 
 READ_SIZE = 1 << 20
 # The buffer a ranged read fills per step (and so the size of each file write): large
@@ -62,7 +69,7 @@ class BlobClient:
     def _oras(self) -> tuple[Any, Any]:
         cached = getattr(self._local, "client", None)
         if cached is None:
-            client = _client(self.reference, self._docker_config, self._insecure)
+            client = registry_client(self.reference, self._docker_config, self._insecure)
             container = client.get_container(f"{self.reference.repository}:{self.reference.target}")
             cached = self._local.client = (client, container)
         return cached
@@ -89,7 +96,7 @@ class BlobClient:
             "POST",
             headers={"Content-Type": "application/octet-stream"},
         )
-        _check(start, f"start upload {digest}")
+        check_response(start, f"start upload {digest}")
         location = start.headers.get("Location", "")
         if not location:
             raise RegistryError(f"start upload {digest}: no Location header")
@@ -103,7 +110,7 @@ class BlobClient:
                 data=body,
                 headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
             )
-        _check(response, f"upload {digest}")
+        check_response(response, f"upload {digest}")
         return True
 
     def download(self, digest: str, sink: Callable[[bytes], None]) -> int:
@@ -162,11 +169,43 @@ class BlobClient:
         finally:
             response.close()
 
+    def get_manifest(self, target: str) -> tuple[dict[str, Any], str]:
+        """The manifest (or index) stored under a tag or digest, and its digest."""
+        client, container = self._oras()
+        url = f"{client.prefix}://{container.manifest_url(target)}"
+        response = client.do_request(url, "GET", headers={"Accept": MANIFEST_ACCEPT})
+        if response.status_code != 200:
+            raise RegistryError(f"manifest {self.reference}: HTTP {response.status_code}")
+        digest = response.headers.get("Docker-Content-Digest") or (
+            "sha256:" + hashlib.sha256(response.content).hexdigest()
+        )
+        document: dict[str, Any] = response.json()
+        return document, str(digest)
+
+    def image_manifest(self) -> tuple[dict[str, Any], str]:
+        """The reference's image manifest; an index resolves to its linux/amd64 entry."""
+        manifest, digest = self.get_manifest(self.reference.target)
+        if manifest.get("mediaType") in INDEX_TYPES or "manifests" in manifest:
+            entries = manifest.get("manifests", [])
+            chosen = next(
+                (
+                    m
+                    for m in entries
+                    if m.get("platform", {}).get("os") == "linux"
+                    and m.get("platform", {}).get("architecture") == "amd64"
+                ),
+                entries[0] if entries else None,
+            )
+            if chosen is None:
+                raise RegistryError(f"{self.reference}: the image index lists no manifests")
+            manifest, digest = self.get_manifest(chosen["digest"])
+        return manifest, digest
+
     def manifest_digest(self, target: str) -> str | None:
         """The digest the registry stores under a tag or digest, or None when it has none."""
         client, container = self._oras()
         url = f"{client.prefix}://{container.manifest_url(target)}"
-        response = client.do_request(url, "HEAD", headers={"Accept": _MANIFEST_ACCEPT})
+        response = client.do_request(url, "HEAD", headers={"Accept": MANIFEST_ACCEPT})
         if response.status_code == 404:
             return None
         if response.status_code != 200:
@@ -179,7 +218,7 @@ class BlobClient:
         client, container = self._oras()
         url = f"{client.prefix}://{container.manifest_url(target)}"
         response = client.do_request(url, "PUT", data=body, headers={"Content-Type": media_type})
-        _check(response, f"upload manifest {self.reference.repository}:{target}")
+        check_response(response, f"upload manifest {self.reference.repository}:{target}")
 
 
 def _readinto(response: Any) -> Callable[[memoryview], int]:
@@ -203,10 +242,8 @@ def _readinto(response: Any) -> Callable[[memoryview], int]:
     return copy_into
 
 
-_MANIFEST_ACCEPT = ", ".join(
-    [
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.docker.distribution.manifest.v2+json",
-        "application/vnd.oci.image.index.v1+json",
-    ]
-)
+def fetch_manifest(
+    ref: str, *, docker_config: Path | None = None, insecure: bool | None = None
+) -> tuple[dict[str, Any], str]:
+    """The image manifest of `ref` (an index resolves to its linux/amd64 entry) and its digest."""
+    return BlobClient(ref, docker_config=docker_config, insecure=insecure).image_manifest()

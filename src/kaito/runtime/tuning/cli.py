@@ -210,7 +210,7 @@ def _fetch_inputs(args: argparse.Namespace, data_dir: Path, docker_config: Path 
 def _train(
     args: argparse.Namespace, config: Any, data_dir: Path, docker_config: Path | None
 ) -> int:
-    from kaito.runtime.oci.image import RegistryError
+    from kaito.runtime.oci.registry import RegistryError
     from kaito.runtime.tuning.data import DatasetError
     from kaito.runtime.tuning.preflight import QLoRAUnavailableError
     from kaito.runtime.tuning.train import (
