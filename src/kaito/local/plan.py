@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from kaito.api import FieldError, Workspace, parse_workspace
 from kaito.contract.files import TRAINING_CONFIG_FILE
 from kaito.presets import Catalog, Preset, default_catalog
 from kaito.presets.validation import validate_workspace
+from kaito.runtime.tuning.urls import ALLOWED_HOSTS_ENV
 
 # A model needs roughly its weights plus activations and the runtime itself; below this factor
 # of free memory a run would swap or be killed half way, which is worse than refusing now.
@@ -152,7 +154,13 @@ def plan_workspace(
     """
     catalog = catalog or default_catalog()
     volumes = dict(volumes or {})
-    errors = validate_workspace(dict(body), catalog=catalog, config_map_lookup=None)
+    # The same allowlist the downloader reads, so a dataset server on this machine can be used.
+    allowed = tuple(
+        h.strip() for h in os.environ.get(ALLOWED_HOSTS_ENV, "").split(",") if h.strip()
+    )
+    errors = validate_workspace(
+        dict(body), catalog=catalog, config_map_lookup=None, allowed_hosts=allowed
+    )
     try:
         workspace = parse_workspace(dict(body))
     except Exception:

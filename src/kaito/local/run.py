@@ -96,7 +96,7 @@ def _file_digest(path: Path) -> str:
 def _fetch_inputs(
     plan: TuningPlan, data_dir: Path, console: Console, docker_config: Path | None
 ) -> Path:
-    from kaito.runtime.tuning.inputs import fetch_image, fetch_urls
+    from kaito.runtime.tuning.inputs import DownloadPolicy, fetch_image, fetch_urls
 
     if plan.input_dir is not None:
         if not plan.input_dir.is_dir():
@@ -105,7 +105,8 @@ def _fetch_inputs(
     if plan.input_urls:
         with console.status(f"downloading {len(plan.input_urls)} file(s)"):
             try:
-                fetched = fetch_urls(list(plan.input_urls), data_dir)
+                policy = DownloadPolicy.on_this_machine()
+                fetched = fetch_urls(list(plan.input_urls), data_dir, policy=policy)
             except Exception as exc:
                 raise LocalModeError(f"tuning.input.urls: {exc}") from exc
         for item in fetched:

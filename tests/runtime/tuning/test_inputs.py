@@ -221,6 +221,18 @@ def test_loopback_is_refused_unless_the_operator_allows_it(
     assert fetch_url(url(server), tmp_path / "d.jsonl").sha256 == DIGEST
 
 
+def test_local_mode_may_reach_this_machine_and_nothing_else_internal(
+    server: FlakyServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(ALLOWED_HOSTS_ENV, raising=False)
+    local = DownloadPolicy.on_this_machine()
+    assert fetch_url(url(server), tmp_path / "d.jsonl", policy=local).sha256 == DIGEST
+    metadata = url(server).replace("/data.jsonl", "/redirect?to=http://169.254.169.254/")
+    for refused in (metadata, "http://10.0.0.1/x", "http://kubernetes.default.svc/"):
+        with pytest.raises(InputError, match=r"link-local|private|cluster-internal"):
+            fetch_url(refused, tmp_path / "x", policy=local)
+
+
 def test_the_connection_goes_to_the_address_that_was_checked(
     server: FlakyServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from kaito.api.workspace import parse_workspace
+from kaito.local import HostInfo, LocalModeError, TuningPlan, plan_workspace
 from kaito.manifests.context import resolve
 from kaito.manifests.options import ClusterOptions
 from kaito.manifests.tuning import build_job
@@ -10,6 +15,7 @@ from kaito.operator.settings import Settings
 from kaito.presets.validation import validate_workspace
 from tests.unit.api.builders import tuning_workspace, with_
 from tests.unit.controller.builders import legacy_tuning
+from tests.unit.local.test_plan import tuning_workspace as local_tuning
 
 BRIDGE_URL = "http://172.18.0.1:8000/train.jsonl"
 
@@ -41,3 +47,14 @@ def test_the_setting_reaches_the_tuning_jobs_downloader() -> None:
     pod = build_job(default)["spec"]["template"]["spec"]
     [downloader] = [c for c in pod["initContainers"] if c["name"] == "data-downloader"]
     assert downloader["env"] == [{"name": "KAITO_TUNING_ALLOWED_HOSTS", "value": ""}]
+
+
+def test_local_mode_reads_the_same_allowlist(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = local_tuning(input={"urls": [BRIDGE_URL]})
+    volumes = {"adapter": Path("/tmp/out")}
+    monkeypatch.delenv("KAITO_TUNING_ALLOWED_HOSTS", raising=False)
+    with pytest.raises(LocalModeError, match=r"tuning\.input\.urls\[0\]"):
+        plan_workspace(body, host=HostInfo(memory_gib=16.0), volumes=volumes)
+    monkeypatch.setenv("KAITO_TUNING_ALLOWED_HOSTS", "172.18.0.0/16")
+    plan = plan_workspace(body, host=HostInfo(memory_gib=16.0), volumes=volumes)
+    assert isinstance(plan, TuningPlan) and plan.input_urls == (BRIDGE_URL,)

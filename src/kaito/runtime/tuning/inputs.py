@@ -90,6 +90,17 @@ class DownloadPolicy:
             raise InputError(f"{MAX_BYTES_ENV} / {DEADLINE_ENV}: {exc}") from None
         return cls(AllowList.from_env(env), max_bytes, deadline)
 
+    @classmethod
+    def on_this_machine(cls, environ: Mapping[str, str] | None = None) -> DownloadPolicy:
+        """`from_env` plus this machine's loopback: local mode's rule (`kaito run`), where a
+        dataset served on localhost is the user's own; every other internal range stays shut."""
+        policy = cls.from_env(environ)
+        loopback = AllowList.parse(["localhost", "127.0.0.0/8", "::1/128"])
+        allow = AllowList(
+            policy.allow.names | loopback.names, policy.allow.networks + loopback.networks
+        )
+        return replace(policy, allow=allow)
+
 
 def file_name_for(url: str, index: int) -> str:
     """Upstream's rule, made safe: the URL path's basename without query or fragment.
