@@ -121,6 +121,11 @@ class Kube:
         found = await self.get(ConfigMap, name, namespace)
         return None if found is None else dict(found.get("data") or {})
 
+    async def count_nodeclaims(self) -> int:
+        """NodeClaims of all Workspaces that are not being deleted."""
+        claims = await self.list_json(NodeClaim, labels={LABEL_WORKSPACE: None})
+        return sum(1 for c in claims if not (c.get("metadata") or {}).get("deletionTimestamp"))
+
     async def nodeclaims_of(self, namespace: str, name: str) -> list[JSON]:
         labels = {LABEL_WORKSPACE: name, LABEL_WORKSPACE_NAMESPACE: namespace}
         return await self.list_json(NodeClaim, labels=labels)

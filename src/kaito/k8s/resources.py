@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lightkube.generic_resource import create_global_resource, create_namespaced_resource
+from lightkube.resources.admissionregistration_v1 import ValidatingWebhookConfiguration
 from lightkube.resources.apps_v1 import ControllerRevision, StatefulSet
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import (
@@ -39,6 +40,9 @@ RESOURCES: dict[tuple[str, str], Any] = {
     ("apps/v1", "ControllerRevision"): ControllerRevision,
     ("batch/v1", "Job"): Job,
     ("karpenter.sh/v1", "NodeClaim"): NodeClaim,
+    ("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration"): (
+        ValidatingWebhookConfiguration
+    ),
     ("kaito.sh/v1beta1", "Workspace"): Workspace,
 }
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kaito import __version__
+from kaito.presets.limits import DEFAULT_LIMITS, Limits
 
 NodeProvisioner = Literal["azure-gpu-provisioner", "karpenter", "byo"]
 NODE_PROVISIONERS: tuple[NodeProvisioner, ...] = ("azure-gpu-provisioner", "karpenter", "byo")
@@ -27,6 +28,12 @@ class ClusterOptions:
     - node_class_name: NodeClaim spec.nodeClassRef.name [default].
     - release_namespace: where the default tuning templates live [kaito-system].
     - vllm_enabled: the vLLM feature gate; off forces the transformers engine [True].
+    - limits: instance-type, NodeClaim-count and pod-template limits, the same admission
+      checks (the planner re-checks them) [presets.limits.Limits()].
+    - node_ready_timeout_s: seconds a NodeClaim may take to become Ready before the
+      Workspace reports NodeClaimTimeout and stops asking for nodes; 0: forever [1800].
+    - tuning_cluster_role: the ClusterRole the tuning pods' ServiceAccount is bound to
+      (the chart's, release-named) [kaito-tuning].
     - tuning_storage: NodeClaim disk for tuning and custom templates [1024Gi].
     - preset_registry: where presets' weights images live (e.g. a platform team's mirror);
       set, every preset pulls `<registry>/kaito-<preset>:<tag>` [empty: the catalog's].
@@ -45,6 +52,9 @@ class ClusterOptions:
     release_namespace: str = "kaito-system"
     vllm_enabled: bool = True
     tuning_storage: str = "1024Gi"
+    tuning_cluster_role: str = "kaito-tuning"
+    limits: Limits = DEFAULT_LIMITS
+    node_ready_timeout_s: float = 1800.0
     preset_registry: str = ""
     preset_pull_secrets: tuple[str, ...] = ()
     tuning_allowed_hosts: tuple[str, ...] = ()

@@ -38,6 +38,7 @@ from kaito.manifests.weights import add_weights_pull
 
 DOCKER_CONFIG_DIR = "/root/.docker"
 TUNING_SERVICE_ACCOUNT = "kaito-tuning"
+TUNING_ROLE_BINDING = "kaito-tuning-progress"
 TERMINATION_LOG = "/dev/termination-log"
 API_ACCESS_VOLUME = "kube-api-access"
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -220,8 +221,11 @@ def _tuner(ctx: WorkspaceContext, output_dir: str) -> JSON:
 
 
 def build_tuning_identity(ctx: WorkspaceContext) -> list[JSON]:
-    """ServiceAccount, Role and RoleBinding `kaito-tuning` in the workspace namespace: the
-    trainer may patch pods there (its own progress annotation), nothing else.
+    """ServiceAccount `kaito-tuning` in the workspace namespace and RoleBinding
+    `kaito-tuning-progress` to the chart's tuning ClusterRole (options.tuning_cluster_role):
+    patch pods, which the chart's admission policy narrows to the trainer's own pod and its
+    progress annotation. The operator only binds that role (RBAC `bind`), so it never holds
+    patch on pods itself.
 
     Shared by the namespace's tuning Workspaces, so not owned by one (like the template copy).
     """
@@ -242,20 +246,14 @@ def build_tuning_identity(ctx: WorkspaceContext) -> list[JSON]:
         stamp(
             {
                 "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "Role",
-                "metadata": dict(meta),
-                "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}],
-            }
-        ),
-        stamp(
-            {
-                "apiVersion": "rbac.authorization.k8s.io/v1",
                 "kind": "RoleBinding",
-                "metadata": dict(meta),
+                # Not `kaito-tuning`: that name held a binding to a namespace-wide Role, and
+                # a binding's roleRef cannot change.
+                "metadata": {**meta, "name": TUNING_ROLE_BINDING},
                 "roleRef": {
                     "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "Role",
-                    "name": TUNING_SERVICE_ACCOUNT,
+                    "kind": "ClusterRole",
+                    "name": ctx.options.tuning_cluster_role,
                 },
                 "subjects": [
                     {

@@ -20,6 +20,7 @@ from kaito.operator.failures import (
     QUIET_RETRIES,
     QUIET_RETRY_S,
     Failure,
+    NodeClaimLimitError,
     backoff_seconds,
     failed_status,
     failure_of,
@@ -53,6 +54,7 @@ class Controller:
         self.semaphore = asyncio.Semaphore(max(1, settings.max_concurrent_reconciles))
         self.wakeups: dict[Key, asyncio.Event] = {}
         self.stats = Stats()
+        self.claims_lock = asyncio.Lock()
 
     def wakeup(self, namespace: str, name: str) -> asyncio.Event:
         return self.wakeups.setdefault((namespace, name), asyncio.Event())
@@ -95,22 +97,10 @@ class Controller:
             await self.kube.annotate(namespace, name, result.annotations)
             self.stats.writes += 1
         applied: set[tuple[str, str]] = set()
-        claim_failure: ChildWriteError | None = None
-        for obj in result.apply:
-            try:
-                await self.kube.apply(obj, owner)
-            except ChildWriteError as error:
-                if obj["kind"] == "NodeClaim":
-                    # One failed claim must not stop the others (upstream §8.1).
-                    await self.kube.event(
-                        body, Event("Warning", "NodeClaimCreationFailed", error.message)
-                    )
-                    self.stats.errors += 1
-                    claim_failure = claim_failure or error
-                    continue
-                raise
-            applied.add((obj["kind"], obj["metadata"]["name"]))
-            self.stats.writes += 1
+        async with self.claims_lock:
+            # One Workspace at a time counts and creates claims, so the total holds.
+            await self.check_claim_total(result)
+            claim_failure = await self._apply_all(body, result, owner, applied)
         if claim_failure is not None:
             # Announce the claims that did go out; the failure itself goes to the status.
             for event in result.events:
@@ -132,6 +122,39 @@ class Controller:
             if event.subject is not None and event.subject not in applied:
                 continue  # announces an object whose apply failed
             await self.kube.event(body, event)
+
+    async def _apply_all(
+        self, body: Mapping[str, Any], result: Plan, owner: Owner, applied: set[tuple[str, str]]
+    ) -> ChildWriteError | None:
+        """Apply the plan's objects in order; a failed NodeClaim is returned (after the other
+        claims went out), any other failure raised."""
+        claim_failure: ChildWriteError | None = None
+        for obj in result.apply:
+            try:
+                await self.kube.apply(obj, owner)
+            except ChildWriteError as error:
+                if obj["kind"] == "NodeClaim":
+                    # One failed claim must not stop the others (upstream §8.1).
+                    await self.kube.event(
+                        body, Event("Warning", "NodeClaimCreationFailed", error.message)
+                    )
+                    self.stats.errors += 1
+                    claim_failure = claim_failure or error
+                    continue
+                raise
+            applied.add((obj["kind"], obj["metadata"]["name"]))
+            self.stats.writes += 1
+        return claim_failure
+
+    async def check_claim_total(self, result: Plan) -> None:
+        """Refuse new NodeClaims that would pass KAITO_MAX_NODECLAIMS_TOTAL."""
+        limit = self.settings.max_nodeclaims_total
+        wanted = sum(1 for obj in result.apply if obj["kind"] == "NodeClaim")
+        if not wanted or not limit:
+            return
+        existing = await self.kube.count_nodeclaims()
+        if existing + wanted > limit:
+            raise NodeClaimLimitError(wanted, existing, limit)
 
     async def report(self, body: Mapping[str, Any], failure: Failure) -> None:
         """The failure as the ReconcileError condition (and WorkspaceSucceeded) plus one

@@ -22,6 +22,20 @@ QUIET_RETRIES = 3
 QUIET_RETRY_S = 1.0
 
 
+class NodeClaimLimitError(Exception):
+    """Creating the Workspace's NodeClaims would pass the cluster-wide total."""
+
+    reason = "NodeClaimLimitReached"
+
+    def __init__(self, wanted: int, existing: int, limit: int) -> None:
+        self.message = (
+            f"{wanted} more NodeClaim(s) would pass the limit of {limit} for all Workspaces "
+            f"({existing} exist; KAITO_MAX_NODECLAIMS_TOTAL, chart value "
+            "limits.maxNodeClaimsTotal): retried as others are deleted"
+        )
+        super().__init__(self.message)
+
+
 @dataclass(frozen=True)
 class Failure:
     """Why a pass failed: a PascalCase reason and a message naming the object."""
@@ -33,7 +47,7 @@ class Failure:
 
 def failure_of(error: BaseException) -> Failure | None:
     """The failure to report for an error, or None for one that is not the API's answer."""
-    if isinstance(error, NameConflictError):
+    if isinstance(error, NameConflictError | NodeClaimLimitError):
         return Failure(error.reason, error.message)
     if isinstance(error, ChildWriteError):
         return Failure(error.reason, error.message, error.retryable)

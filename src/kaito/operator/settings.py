@@ -13,6 +13,7 @@ from kaito.manifests.options import (
     ClusterOptions,
     NodeProvisioner,
 )
+from kaito.presets.limits import Limits
 from kaito.reconcile.leadership import check_timings
 
 PREFIX = "KAITO_"
@@ -106,6 +107,11 @@ class Settings:
         "validation.workspace.kaito.sh itself (development; it stays registered when the "
         "operator stops). The chart installs the configuration instead and sets false.",
     )
+    tuning_cluster_role: str = _setting(
+        "kaito-tuning",
+        "ClusterRole (the chart's) bound to each tuning namespace's kaito-tuning ServiceAccount: "
+        "patch pods, narrowed by an admission policy to its own pod's progress annotation.",
+    )
     webhook_configuration: str = _setting(
         "",
         "Name of a ValidatingWebhookConfiguration installed with the chart whose caBundle "
@@ -165,6 +171,13 @@ class Settings:
     def lease_namespace(self) -> str:
         return self.leader_election_namespace or self.release_namespace
 
+    def limits(self) -> Limits:
+        return Limits(
+            allow_non_gpu_instance_types=self.allow_non_gpu_instance_types,
+            allow_privileged_templates=self.allow_privileged_templates,
+            max_nodeclaims_per_workspace=self.max_nodeclaims_per_workspace,
+        )
+
     def cluster_options(self) -> ClusterOptions:
         return ClusterOptions(
             cloud_provider=self.cloud_provider,
@@ -175,6 +188,9 @@ class Settings:
             node_class_name=self.node_class_name,
             release_namespace=self.release_namespace,
             vllm_enabled=self.feature_vllm,
+            tuning_cluster_role=self.tuning_cluster_role,
+            limits=self.limits(),
+            node_ready_timeout_s=self.node_ready_timeout_seconds,
             preset_registry=self.preset_registry.rstrip("/"),
             preset_pull_secrets=tuple(
                 name for name in (n.strip() for n in self.preset_pull_secrets.split(",")) if name

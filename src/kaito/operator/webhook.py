@@ -61,6 +61,7 @@ async def admission_errors(
         release_namespace=settings.release_namespace,
         vllm_enabled=settings.feature_vllm,
         allowed_hosts=settings.cluster_options().tuning_allowed_hosts,
+        limits=settings.limits(),
     )
     warnings = workspace_warnings(dict(body), cloud_provider=settings.cloud_provider)
     return [str(e) for e in errors], [str(w) for w in warnings]

@@ -36,6 +36,7 @@ from kaito.presets.estimator import (
     estimate_tuning_memory_gib,
     has_enough_total_memory,
 )
+from kaito.presets.limits import DEFAULT_LIMITS, Limits, limit_errors
 from kaito.presets.skus import Sku, SkuTable, default_skus, is_azure_gpu_family
 
 DEFAULT_RELEASE_NAMESPACE = "kaito-system"
@@ -263,6 +264,7 @@ def validate_workspace(
     release_namespace: str = DEFAULT_RELEASE_NAMESPACE,
     vllm_enabled: bool = True,
     allowed_hosts: Collection[str] = (),
+    limits: Limits = DEFAULT_LIMITS,
 ) -> list[FieldError]:
     """Every admission error for a Workspace body (CREATE when old is None, else UPDATE).
 
@@ -281,6 +283,37 @@ def validate_workspace(
         # Controller writes (finalizer, annotations, status) must never be blocked by a
         # catalog that changed after the Workspace was admitted.
         return errors
+    return errors + webhook_errors(
+        workspace,
+        catalog=catalog,
+        skus=skus,
+        cloud_provider=cloud_provider,
+        config_map_lookup=config_map_lookup,
+        release_namespace=release_namespace,
+        vllm_enabled=vllm_enabled,
+        allowed_hosts=allowed_hosts,
+        limits=limits,
+    )
+
+
+def webhook_errors(
+    workspace: Workspace,
+    *,
+    catalog: Catalog | None = None,
+    skus: SkuTable | None = None,
+    cloud_provider: str | None = "azure",
+    config_map_lookup: ConfigMapLookup | None = None,
+    release_namespace: str = DEFAULT_RELEASE_NAMESPACE,
+    vllm_enabled: bool = True,
+    allowed_hosts: Collection[str] = (),
+    limits: Limits = DEFAULT_LIMITS,
+) -> list[FieldError]:
+    """What only the webhook checks (the CRD cannot): names, catalog, SKUs, limits, inputs and
+    ConfigMaps, on a parsed Workspace. The planner runs it again before acting, so an object
+    that got past a missing webhook is still refused."""
+    catalog = catalog or default_catalog()
+    skus = skus or default_skus()
+    errors: list[FieldError] = []
     errors += validate_metadata(workspace)
     errors += validate_tuning_input(workspace, allowed_hosts)
     preset, preset_errors = _preset_errors(workspace, catalog)
@@ -299,6 +332,9 @@ def validate_workspace(
         cloud_provider=cloud_provider,
         vllm_enabled=vllm_enabled,
     )
+    # The operator's limits (presets/limits.py); a field already refused says enough.
+    limited = limit_errors(workspace, preset if not preset_errors else None, sku, limits)
+    errors += [e for e in limited if all(e.field != x.field for x in errors)]
     if config_map_lookup is not None:
         errors += validate_config_maps(
             workspace,

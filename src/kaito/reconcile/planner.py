@@ -24,6 +24,7 @@ from kaito.reconcile import conditions as c
 from kaito.reconcile.capacity import claim_events, node_conditions
 from kaito.reconcile.common import CLAIMS_POLL_S, NODES_POLL_S, finish_status, old_status
 from kaito.reconcile.conditions import Cond
+from kaito.reconcile.guard import claim_timeout, refuse_invalid, with_timeout
 from kaito.reconcile.inference import plan_inference
 from kaito.reconcile.nodes import deleting, name_of, picture
 from kaito.reconcile.revisions import plan_revision
@@ -125,6 +126,7 @@ def _plan(
         max_model_len=max_model_len(user_config),
         revision=rev.number,
     )
+    refuse_invalid(ws, options)  # what only the webhook checks, checked again before acting
     preflight_cond: Cond | None = None
     if ws.tuning is not None:
         preflight_cond, gate = plan_preflight(ctx, body, observed)
@@ -141,9 +143,12 @@ def _plan(
     pic = picture(ctx, observed.nodes, observed.nodeclaims, use_claims=use_claims)
     if not use_claims and pic.gpus_per_node:
         ctx = dataclasses.replace(ctx, gpus_per_node=pic.gpus_per_node)
-    new_claims = [build_nodeclaim(ctx, index) for index in pic.to_create]
+    timeout = claim_timeout(body, pic, options, now=now) if use_claims else None
+    new_claims = [] if timeout else [build_nodeclaim(ctx, index) for index in pic.to_create]
     apply: list[JSON] = [*rev.apply, *new_claims]
     conds = node_conditions(ctx, pic, use_claims)
+    if timeout is not None:
+        conds = with_timeout(conds, timeout)
     if preflight_cond is not None:
         conds.append(preflight_cond)
     events: list[Event] = claim_events(new_claims, body, conds) if use_claims else []
@@ -163,6 +168,8 @@ def _plan(
     conds += work.conds
     if work.requeue is not None:
         requeue = min(requeue, work.requeue) if requeue is not None else work.requeue
+    if timeout is not None:
+        requeue = None  # no polling: a claim's own change (or a new spec) wakes it
     status = finish_status(
         body,
         conds,

@@ -18,6 +18,7 @@ from kaito.operator.controller import Controller
 from kaito.operator.failures import (
     RECONCILE_ERROR,
     Failure,
+    NodeClaimLimitError,
     backoff_seconds,
     failed_status,
     failure_of,
@@ -233,3 +234,50 @@ async def test_api_errors_while_observing_are_reported_too() -> None:
     failure = failure_of(error)
     assert failure is not None and failure.reason == "Forbidden"
     assert "nodes is forbidden" in failure.message
+
+
+def claims_list(count: int) -> tuple[int, JSON]:
+    items = [
+        {"apiVersion": "karpenter.sh/v1", "kind": "NodeClaim", "metadata": {"name": f"c{i}"}}
+        for i in range(count)
+    ]
+    return 200, {
+        "apiVersion": "karpenter.sh/v1",
+        "kind": "NodeClaimList",
+        "metadata": {},
+        "items": items,
+    }
+
+
+def two_claims() -> Plan:
+    return Plan(
+        apply=tuple(
+            {"apiVersion": "karpenter.sh/v1", "kind": "NodeClaim", "metadata": {"name": n}}
+            for n in ("wsa", "wsb")
+        )
+    )
+
+
+@pytest.mark.parametrize(("existing", "refused"), [(62, False), (63, True)])
+async def test_the_cluster_wide_nodeclaim_total_holds(existing: int, refused: bool) -> None:
+    routes = {
+        ("GET", "/apis/karpenter.sh/v1/nodeclaims"): claims_list(existing),
+        ("GET", "/apis/karpenter.sh/v1/nodeclaims/wsa"): not_found(),
+        ("GET", "/apis/karpenter.sh/v1/nodeclaims/wsb"): not_found(),
+    }
+    server = FakeApiServer(routes)
+    controller = Controller(server.kube(), Settings(max_nodeclaims_total=64))
+    if refused:
+        with pytest.raises(NodeClaimLimitError) as caught:
+            await controller.execute(legacy_tuning(), two_claims())
+        assert "2 more NodeClaim(s) would pass the limit of 64" in str(caught.value)
+        failure = failure_of(caught.value)
+        assert failure is not None and failure.reason == "NodeClaimLimitReached"
+        assert not [r for r in server.requests if r.method == "PATCH"]
+    else:
+        await controller.execute(legacy_tuning(), two_claims())
+        patched = [r.url.path for r in server.requests if r.method == "PATCH"]
+        assert patched[:2] == [
+            "/apis/karpenter.sh/v1/nodeclaims/wsa",
+            "/apis/karpenter.sh/v1/nodeclaims/wsb",
+        ]

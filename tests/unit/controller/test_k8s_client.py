@@ -268,6 +268,7 @@ async def test_a_failed_nodeclaim_does_not_stop_the_others_and_is_reported() -> 
         {
             ("GET", failing): not_found(),
             ("GET", "/apis/karpenter.sh/v1/nodeclaims/ws-good"): not_found(),
+            ("GET", "/apis/karpenter.sh/v1/nodeclaims"): empty_list("NodeClaim"),
             ("PATCH", failing): (
                 422,
                 {"kind": "Status", "apiVersion": "v1", "code": 422, "message": "invalid"},

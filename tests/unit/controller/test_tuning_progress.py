@@ -183,12 +183,16 @@ def test_the_kwok_simulator_binds_a_pending_claim_to_a_volume_of_its_size() -> N
     assert volume["spec"]["storageClassName"] == ""
 
 
-def test_the_trainer_runs_as_kaito_tuning_which_may_only_patch_pods_of_its_namespace() -> None:
+def test_the_trainer_runs_as_kaito_tuning_bound_to_the_charts_tuning_role() -> None:
     body, observed = cluster_with_ready_nodes(legacy_tuning())
     result = plan(body, observed, OPTIONS, now=LATER)
-    role = one(result, "Role")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}]
+    assert "Role" not in [o["kind"] for o in result.apply]  # no role of the operator's making
     binding = one(result, "RoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": OPTIONS.tuning_cluster_role,
+    }
     assert binding["subjects"][0]["name"] == one(result, "ServiceAccount")["metadata"]["name"]
     pod_spec = one(result, "Job")["spec"]["template"]["spec"]
     assert pod_spec["serviceAccountName"] == "kaito-tuning"

@@ -1,4 +1,5 @@
-"""The operator's ClusterRole and leader-election Role grant exactly what the code uses."""
+"""The operator's roles grant exactly what the code uses, and the tuning pods' role only their
+progress annotation."""
 
 from __future__ import annotations
 
@@ -30,19 +31,14 @@ CLIENT_VERBS = {
     "patch": "patch",
     "delete": "delete",
 }
-# What kopf itself does, beyond the handlers' watches (not visible in kaito's code).
+# What kopf itself does, beyond the handlers' watches (not visible in kaito's code). The chart
+# installs the webhook configuration, so kopf's managed mode (create) is not used there.
 KOPF = {
     # finalizer and its progress/diff-base annotations
     ("kaito.sh", "workspaces", "patch"),
     # it re-scans resources when CRDs come and go
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
-    # the managed webhook configurations (created once, then patched by name); kopf manages a
-    # mutating one too, left empty as kaito has no mutating handler
-    ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "create"),
-    ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "patch"),
-    ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "create"),
-    ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch"),
 }
 
 
@@ -98,15 +94,17 @@ def lease_calls() -> Iterator[Permission]:
 
 
 def applied_kinds() -> Iterator[Permission]:
-    """Kube.apply is server-side apply (patch; create when the object is new) of built objects."""
+    """Kube.apply of built objects: a get (whose object is it?), then server-side apply (patch;
+    create when the object is new); ConfigMaps are created once and never patched."""
     for path in sorted(Path(kaito.manifests.__file__).parent.glob("*.py")):
         source = path.read_text()
-        for (api_version, kind), resource in resources.RESOURCES.items():
+        for (_, kind), resource in resources.RESOURCES.items():
             if f'"kind": "{kind}"' in source and kind != "Workspace":
                 group, plural = rbac_name(resource)
-                yield group, plural, "patch"
+                yield group, plural, "get"
                 yield group, plural, "create"
-                del api_version
+                if kind != "ConfigMap":
+                    yield group, plural, "patch"
 
 
 def deleted_kinds() -> Iterator[Permission]:
@@ -119,6 +117,7 @@ def deleted_kinds() -> Iterator[Permission]:
             assert isinstance(kind, ast.Constant), "ObjectRef kinds are literals"
             matches = [r for (_, k), r in resources.RESOURCES.items() if k == kind.value]
             group, plural = rbac_name(matches[0])
+            yield group, plural, "get"  # whose object is it? (kaito.k8s checks first)
             yield group, plural, "delete"
 
 
@@ -140,9 +139,9 @@ def watched() -> Iterator[Permission]:
 KOPF_NAMESPACED = {("", "namespaces", "list"), ("", "namespaces", "watch")}
 
 
-# Held only to be granted: the tuning pods' Role lets them patch pods (their progress
-# annotation), and RBAC refuses to create a Role granting what its creator lacks.
-GRANTED_ONWARD = {("", "pods", "patch")}
+# The tuning pods' RoleBinding names the chart's tuning ClusterRole: `bind` on that one role
+# lets the operator grant it without holding its permissions.
+GRANTED_ONWARD = {("rbac.authorization.k8s.io", "clusterroles", "bind")}
 
 
 def used_by_the_code(*, namespaced: bool = False) -> set[Permission]:
@@ -150,8 +149,7 @@ def used_by_the_code(*, namespaced: bool = False) -> set[Permission]:
     return used | KOPF_NAMESPACED if namespaced else used
 
 
-def granted(values: dict[str, Any] | None = None) -> set[Permission]:
-    role = find(render(values), "ClusterRole")
+def rules_of(role: dict[str, Any]) -> set[Permission]:
     return {
         (group, resource, verb)
         for rule in role["rules"]
@@ -159,6 +157,27 @@ def granted(values: dict[str, Any] | None = None) -> set[Permission]:
         for resource in rule["resources"]
         for verb in rule["verbs"]
     }
+
+
+def operator_roles(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The roles bound to the operator's ServiceAccount (leader election aside)."""
+    account = find(objects, "ServiceAccount")["metadata"]["name"]
+    bound = {
+        (b["roleRef"]["kind"], b["roleRef"]["name"], b["metadata"].get("namespace"))
+        for b in objects
+        if b["kind"] in ("ClusterRoleBinding", "RoleBinding")
+        and any(s["name"] == account for s in b["subjects"])
+        and not b["metadata"]["name"].endswith("-leader")
+    }
+    return [
+        o
+        for o in objects
+        if (o["kind"], o["metadata"]["name"], o["metadata"].get("namespace")) in bound
+    ]
+
+
+def granted(values: dict[str, Any] | None = None) -> set[Permission]:
+    return {p for role in operator_roles(render(values)) for p in rules_of(role)}
 
 
 def lease_role(values: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -186,20 +205,86 @@ def test_watching_one_namespace_adds_only_the_namespace_list_kopf_needs() -> Non
     assert sorted(grants ^ used) == []
 
 
-def test_webhook_configurations_are_patched_only_by_name() -> None:
-    role = find(render(), "ClusterRole")
-    patches = [
+CLUSTER_SCOPED = {"nodeclaims", "nodes", "customresourcedefinitions", "namespaces"}
+
+
+def test_with_a_watched_namespace_workloads_are_reached_only_through_namespaced_roles() -> None:
+    objects = render({"watchNamespace": "team-a"}, namespace="kaito-system")
+    cluster = find(objects, "ClusterRole", "kaito")
+    assert {r for _, r, _ in rules_of(cluster)} - {"validatingwebhookconfigurations"} == (
+        CLUSTER_SCOPED
+    )
+    workloads = find(objects, "Role", "kaito")
+    assert workloads["metadata"]["namespace"] == "team-a"
+    assert ("apps", "statefulsets", "patch") in rules_of(workloads)
+    templates = find(objects, "Role", "kaito-templates")
+    assert templates["metadata"]["namespace"] == "kaito-system"
+    assert rules_of(templates) == {("", "configmaps", "get")}
+
+
+def test_the_operator_cannot_patch_pods_or_config_maps() -> None:
+    for values in ({}, {"watchNamespace": "team-a"}):
+        grants = granted(values)
+        assert ("", "pods", "patch") not in grants
+        assert ("", "configmaps", "patch") not in grants
+        assert ("", "configmaps", "update") not in grants
+
+
+def test_the_webhook_configuration_is_the_charts_and_is_patched_only_by_name() -> None:
+    objects = render()
+    config = find(objects, "ValidatingWebhookConfiguration")
+    (hook,) = config["webhooks"]
+    assert hook["failurePolicy"] == "Fail"
+    assert hook["name"] == "workspace.validation.workspace.kaito.sh"
+    webhook_rules = [
         rule
+        for role in operator_roles(objects)
         for rule in role["rules"]
         if any(r.endswith("webhookconfigurations") for r in rule["resources"])
-        and "patch" in rule["verbs"]
     ]
-    assert [rule.get("resourceNames") for rule in patches] == [["validation.workspace.kaito.sh"]]
+    assert [(rule["verbs"], rule.get("resourceNames")) for rule in webhook_rules] == [
+        (["patch"], ["validation.workspace.kaito.sh"])
+    ]
+
+
+def test_a_watched_namespace_limits_the_webhook_to_it() -> None:
+    config = find(render({"watchNamespace": "team-a"}), "ValidatingWebhookConfiguration")
+    assert config["webhooks"][0]["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": "team-a"}
+    }
+
+
+def test_the_tuning_role_only_patches_pods_and_a_policy_narrows_it_to_the_own_pod() -> None:
+    objects = render()
+    role = find(objects, "ClusterRole", "kaito-tuning")
+    assert rules_of(role) == {("", "pods", "patch")}
+    policy = find(objects, "ValidatingAdmissionPolicy", "kaito-tuning-own-pod")
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    checks = " ".join(v["expression"] for v in policy["spec"]["validations"])
+    assert "authentication.kubernetes.io/pod-name" in checks
+    assert "kaito.sh/tuning-progress" in checks
+    binding = find(objects, "ValidatingAdmissionPolicyBinding", "kaito-tuning-own-pod")
+    assert binding["spec"] == {"policyName": "kaito-tuning-own-pod", "validationActions": ["Deny"]}
+    env = {
+        e["name"]: e.get("value")
+        for e in find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["KAITO_TUNING_CLUSTER_ROLE"] == "kaito-tuning"
+    binds = [
+        rule for r in operator_roles(objects) for rule in r["rules"] if "bind" in rule["verbs"]
+    ]
+    assert [rule.get("resourceNames") for rule in binds] == [["kaito-tuning"]]
 
 
 def test_with_cert_manager_the_operator_cannot_touch_webhook_configurations() -> None:
     grants = granted({"webhook.certManager.enabled": True})
     assert not [g for g in grants if g[1].endswith("webhookconfigurations")]
+
+
+def test_the_operator_can_never_create_or_delete_webhook_configurations() -> None:
+    for values in ({}, {"webhook.certManager.enabled": True}, {"webhook.enabled": False}):
+        grants = granted(values)
+        assert not [g for g in grants if g[1].endswith("webhookconfigurations") and g[2] != "patch"]
 
 
 def test_the_operator_has_no_access_to_secrets() -> None:

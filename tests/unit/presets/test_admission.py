@@ -7,6 +7,8 @@ from collections.abc import Mapping
 import pytest
 
 from kaito.presets import default_skus, get_preset
+from kaito.presets.catalog import default_catalog
+from kaito.presets.limits import Limits
 from kaito.presets.validation import (
     default_tuning_config,
     offline_config_map_lookup,
@@ -65,17 +67,39 @@ def test_aliases_are_accepted_for_tuning() -> None:
     assert validate_workspace(tuning_workspace(preset="mistral-7b-v0.3")) == []
 
 
-def test_an_unknown_inference_sku_is_rejected_outside_the_azure_gpu_families() -> None:
-    assert fields(inference_workspace(instance_type="m5.large"), cloud_provider="aws") == [
-        "resource.instanceType"
-    ]
-    assert fields(inference_workspace(instance_type="Standard_NX99_future")) == []
+ALLOW_UNKNOWN = Limits(allow_non_gpu_instance_types=True)
 
 
-def test_an_unknown_tuning_sku_is_admitted_with_a_warning() -> None:
+@pytest.mark.parametrize("instance_type", ["Standard_NX99_future", "Standard_D4s_v3"])
+def test_a_gpu_preset_on_an_unknown_or_cpu_instance_type_is_refused_unless_allowed(
+    instance_type: str,
+) -> None:
+    for body in (
+        inference_workspace(instance_type=instance_type),
+        tuning_workspace(instance_type=instance_type),
+    ):
+        (error,) = validate_workspace(body)
+        assert error.field == "resource.instanceType"
+        assert "needs GPUs" in error.message
+        assert "KAITO_ALLOW_NON_GPU_INSTANCE_TYPES" in error.message
+        assert validate_workspace(body, limits=ALLOW_UNKNOWN) == []
+
+
+def test_an_unknown_inference_sku_outside_the_azure_families_stays_refused_when_allowed() -> None:
+    body = inference_workspace(instance_type="m5.large")
+    assert fields(body, cloud_provider="aws") == ["resource.instanceType"]
+
+
+def test_an_allowed_unknown_tuning_sku_is_admitted_with_a_warning() -> None:
     body = tuning_workspace(instance_type="Standard_NX99_future")
-    assert validate_workspace(body) == []
+    assert validate_workspace(body, limits=ALLOW_UNKNOWN) == []
     assert [w.field for w in workspace_warnings(body)] == ["resource.instanceType"]
+
+
+def test_a_cpu_preset_runs_on_a_cpu_instance_type() -> None:
+    cpu_preset = next(p.name for p in default_catalog() if p.cpu)
+    body = inference_workspace(preset=cpu_preset, instance_type="Standard_D4s_v3")
+    assert validate_workspace(body) == []
 
 
 def test_tuning_has_no_gpu_memory_check_so_the_v100_works() -> None:
