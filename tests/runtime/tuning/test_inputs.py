@@ -257,6 +257,28 @@ def test_the_connection_goes_to_the_address_that_was_checked(
     assert lookups == ["data.example.com."]
 
 
+def test_a_name_that_does_not_resolve_yet_is_tried_again(
+    server: FlakyServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DNS in a pod that just started can lag; a failed lookup is retried like a 503.
+    real = socket.getaddrinfo
+    lookups: list[str] = []
+
+    def lagging(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "data.example.com.":
+            return real(host, port, *args, **kwargs)
+        lookups.append(host)
+        if len(lookups) == 1:
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", lagging)
+    port = server.server_address[1]
+    source = f"http://data.example.com:{port}/data.jsonl"
+    fetched = fetch_url(source, tmp_path / "d", backoff_s=0.01, policy=LOOPBACK)
+    assert fetched.sha256 == DIGEST and len(lookups) == 2
+
+
 # Limits
 
 

@@ -23,6 +23,7 @@ from kaito.runtime.tuning.urls import (
     MAX_BYTES_ENV,
     AllowList,
     BlockedURLError,
+    HostLookupError,
     Target,
     check_url,
     redact_text,
@@ -243,6 +244,8 @@ def _attempt(
     for _hop in range(MAX_REDIRECTS + 1):
         try:
             target = check_url(current, policy.allow)
+        except HostLookupError as exc:
+            return str(exc)
         except BlockedURLError as exc:
             raise _FatalError(_hop_message(url, current, str(exc))) from None
         connection = _connect(target, _remaining(deadline, timeout_s, url))

@@ -39,6 +39,10 @@ class BlockedURLError(ValueError):
     """A URL names a scheme, host or address that dataset downloads may not reach."""
 
 
+class HostLookupError(BlockedURLError):
+    """The host name did not resolve (maybe for now: DNS in a starting pod can lag)."""
+
+
 def redact_url(url: str) -> str:
     """`url` without user info, query or fragment values: safe for logs, status and Events.
 
@@ -256,7 +260,7 @@ def check_url(
     try:
         infos = socket.getaddrinfo(query_name, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise BlockedURLError(f"{shown}: cannot resolve {bare} ({exc.strerror})") from None
+        raise HostLookupError(f"{shown}: cannot resolve {bare} ({exc.strerror})") from None
     addresses: list[str] = []
     for family, _, _, _, sockaddr in infos:
         if family not in (socket.AF_INET, socket.AF_INET6):
