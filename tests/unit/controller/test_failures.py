@@ -281,3 +281,22 @@ async def test_the_cluster_wide_nodeclaim_total_holds(existing: int, refused: bo
             "/apis/karpenter.sh/v1/nodeclaims/wsa",
             "/apis/karpenter.sh/v1/nodeclaims/wsb",
         ]
+
+
+def test_troubleshooting_explains_every_failure_reason() -> None:
+    from kaito.k8s.ownership import WRITE_REASONS
+    from kaito.reconcile.guard import NODECLAIM_TIMEOUT
+    from tests.unit.deploy.chart import REPO
+
+    text = (REPO / "docs" / "troubleshooting.md").read_text()
+    reasons = {
+        *WRITE_REASONS.values(),
+        "ApiError",
+        "QuotaExceeded",
+        NameConflictError.reason,
+        NodeClaimLimitError.reason,
+        NODECLAIM_TIMEOUT,
+        "InvalidWorkspace",
+        RECONCILE_ERROR,
+    }
+    assert sorted(r for r in reasons if f"`{r}`" not in text) == []
