@@ -339,3 +339,23 @@ def test_a_link_out_of_the_root_is_refused(tmp_path: Path) -> None:
     blob.write_bytes(raw.getvalue())
     with pytest.raises(UnsafeLayerError, match="outside the root"):
         extract_layer(blob, tmp_path / "rootfs")
+
+
+def test_links_in_a_data_image_never_reach_the_data_directory(
+    oci_registry: LocalRegistry, tmp_path: Path
+) -> None:
+    # `data/link -> ../outside` stays inside the image's root, but moved into dest it would
+    # point at dest's parent: only regular files are moved.
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, content in (("outside", b"o"), ("data/real.jsonl", b"{}")):
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+        link = tarfile.TarInfo("data/link.jsonl")
+        link.type, link.linkname = tarfile.SYMTYPE, "../outside"
+        tar.addfile(link)
+    ref = _push_layers(oci_registry, "datasets/links", [gzip.compress(raw.getvalue())])
+    pulled = pull_image_data(ref, tmp_path / "out" / "data", attempts=1)
+    assert [p.name for p in pulled.files] == ["real.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "out" / "data").iterdir()) == ["real.jsonl"]

@@ -187,7 +187,9 @@ def pull_image_data(
             raise RegistryError(f"{reference}: the image has no /{DATA_ROOT} directory")
         dest.mkdir(parents=True, exist_ok=True)
         files = []
-        for path in sorted(p for p in data.rglob("*") if p.is_file()):
+        # Regular files only: a link that pointed inside rootfs could point out of `dest`
+        # once moved (`data/x -> ../y`), so links never leave the staging directory.
+        for path in sorted(p for p in data.rglob("*") if p.is_file() and not p.is_symlink()):
             target = dest / path.relative_to(data)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
