@@ -100,7 +100,8 @@ def compute_target_node_count(
             preset, sku, max_model_len=max_model_len, requested_count=workspace.node_count
         )
         if not estimate.fits:
-            raise SpecError("InsufficientGPUMemory", estimate.reason)
+            code = "MultiNodeUnsupported" if estimate.nodes > 1 else "InsufficientGPUMemory"
+            raise SpecError(code, estimate.reason)
     return target_node_count(workspace, preset, sku, runtime, max_model_len=max_model_len)
 
 
@@ -128,6 +129,13 @@ def resolve(
     count = target_nodes or compute_target_node_count(
         workspace, preset, sku, runtime, max_model_len=max_model_len
     )
+    if runtime == "vllm" and preset is not None and count > 1:
+        # A count frozen in status before single-node vLLM became the rule.
+        raise SpecError(
+            "MultiNodeUnsupported",
+            f"{preset.name} was placed on {count} nodes of {sku.name}, but vLLM runs on one "
+            "node: choose an instance type that holds it on one node (`kaito presets`)",
+        )
     gpus = node_gpus if node_gpus else tuning_gpu_count(sku)
     return WorkspaceContext(
         workspace=workspace,

@@ -128,16 +128,14 @@ def inference_flags(ctx: WorkspaceContext) -> dict[str, str]:
         flags["dtype"] = preset.dtype if preset.dtype != "auto" else "auto"
         flags["download-dir"] = WEIGHTS_DIR
         flags["gpu-memory-utilization"] = gpu_memory_utilization(ctx)
-        flags["trust-remote-code"] = ""
         if preset.revision:
+            # The catalog's commit pins the weights as well as any repository code.
+            flags["revision"] = preset.revision
             flags["code-revision"] = preset.revision
         if _adapters(ctx):
             flags["enable-lora"] = ""
-        if ctx.target_node_count > 1:
-            flags["tensor-parallel-size"] = str(ctx.gpus_per_node)
-            flags["pipeline-parallel-size"] = str(ctx.target_node_count)
-            flags["distributed-executor-backend"] = "ray"
-        elif ctx.gpus_per_node > 1:
+        # One node per vLLM workspace (context.resolve refuses more): its GPUs share the model.
+        if ctx.gpus_per_node > 1:
             flags["tensor-parallel-size"] = str(ctx.gpus_per_node)
     else:
         for key, value in preset.transformers_args.items():
@@ -256,15 +254,6 @@ def build_pod_template(ctx: WorkspaceContext) -> JSON:
                 },
             }
         )
-    if ctx.target_node_count > 1:
-        env.append(
-            {
-                "name": "POD_INDEX",
-                "valueFrom": {
-                    "fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}
-                },
-            }
-        )
     env += adapter_env
     ports: list[JSON] = [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}]
     gpus = {GPU_RESOURCE: str(ctx.gpus_per_node)}
@@ -361,11 +350,6 @@ def build_services(ctx: WorkspaceContext) -> list[JSON]:
     ports: list[JSON] = [
         {"name": "http", "port": SERVICE_PORT, "targetPort": HTTP_PORT, "protocol": "TCP"}
     ]
-    if ctx.target_node_count > 1:
-        ports += [
-            {"name": "ray", "port": 6379, "targetPort": 6379, "protocol": "TCP"},
-            {"name": "dashboard", "port": 8265, "targetPort": 8265, "protocol": "TCP"},
-        ]
     selector = {**workspace_labels(ctx.workspace), LABEL_POD_NAME: f"{ctx.name}-0"}
     main: JSON = {
         "apiVersion": "v1",

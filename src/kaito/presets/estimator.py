@@ -16,6 +16,10 @@ WEIGHT_LOAD_FACTOR = 1.02  # loaded weights are ~2% larger than the safetensors 
 RESERVE_PER_GPU_GIB = 2.3  # non-PyTorch memory (<=0.6) + activations (<=1.7)
 OVERHEAD_FACTOR = 1.05
 DEFAULT_MAX_MODEL_LEN = 2048
+# Multi-node vLLM needs a Ray (or torch.distributed) cluster spanning the pods; the runtime
+# starts none, so a placement that needs more than one node is refused rather than left to
+# crash-loop (docs/inference.md, "One node per vLLM workspace").
+SINGLE_NODE_ONLY = "kaito runs vLLM on a single node (no multi-node runtime ships)"
 
 
 @dataclass(frozen=True)
@@ -52,23 +56,29 @@ def estimate_nodes(
     avail = per-GPU memory x util; reserve = 2.3 GiB + KV(max_model_len) / GPUs;
     usable = (avail - reserve) / 1.05; minGPUs = floor(1.02 W / usable) + 1;
     nodes = ceil(minGPUs / GPUs per node). An unknown SKU (no memory data) keeps the
-    requested count, as upstream does.
+    requested count, as upstream does. Only a one-node answer fits: vLLM runs on one node.
     """
     tokens = max_model_len or DEFAULT_MAX_MODEL_LEN
     loaded = preset.weights_gib * WEIGHT_LOAD_FACTOR
     gpus = max(sku.gpus, 1)
     if not sku.known or sku.gpu_memory_gib <= 0:
+        nodes = max(requested_count, 1)
         return NodeEstimate(
-            nodes=max(requested_count, 1),
-            min_gpus=gpus * max(requested_count, 1),
+            nodes=nodes,
+            min_gpus=gpus * nodes,
             gpus_per_node=gpus,
             max_model_len=tokens,
             available_per_gpu_gib=0.0,
             reserve_per_gpu_gib=0.0,
             usable_per_gpu_gib=0.0,
             loaded_weights_gib=loaded,
-            fits=True,
-            reason=f"no GPU data for instance type {sku.name}; using the requested node count",
+            fits=nodes == 1,
+            reason=(
+                f"no GPU data for instance type {sku.name}; using the requested node count"
+                if nodes == 1
+                else f"{nodes} nodes of {sku.name} requested, but {SINGLE_NODE_ONLY}: set "
+                "resource.count to 1"
+            ),
         )
     available = sku.gpu_memory_per_gpu_gib * gpu_memory_utilization
     reserve = RESERVE_PER_GPU_GIB + kv_cache_gib(preset, tokens) / gpus
@@ -92,12 +102,13 @@ def estimate_nodes(
     usable = (available - reserve) / OVERHEAD_FACTOR
     min_gpus = math.floor(loaded / usable) + 1
     nodes = math.ceil(min_gpus / gpus)
-    fits = nodes == 1 or preset.distributed
+    fits = nodes == 1
     reason = ""
     if not fits:
+        why = SINGLE_NODE_ONLY if preset.distributed else "it does not support multi-node inference"
         reason = (
-            f"{preset.name} needs {min_gpus} GPUs ({nodes} nodes of {sku.name}) but does not "
-            "support multi-node inference; choose an instance type with more GPU memory"
+            f"{preset.name} needs {min_gpus} GPUs ({nodes} nodes of {sku.name}), but {why}; "
+            "choose an instance type that holds it on one node"
         )
     return NodeEstimate(
         nodes=nodes,

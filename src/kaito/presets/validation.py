@@ -237,7 +237,9 @@ def _instance_errors(
         estimate = estimate_nodes(preset, sku, requested_count=count)
         if not estimate.fits:
             better = ", ".join(suggest_skus(preset, skus, sku.cloud)) or "a larger GPU instance"
-            return [FieldError(field, f"{estimate.reason} (e.g. {better}), {bypass}")]
+            # The operator cannot run multi-node vLLM at all, so bypassing would not help.
+            tail = "" if estimate.nodes > 1 else f", {bypass}"
+            return [FieldError(field, f"{estimate.reason} (e.g. {better}){tail}")]
     return []
 
 

@@ -141,7 +141,7 @@ def test_vllm_gets_mapped_flags_adapters_extra_args_then_the_file(tmp_path: Path
     positions = [i for i, a in enumerate(argv) if a == "--max-model-len"]
     assert [argv[i + 1] for i in positions] == ["2048", "1024"]
     assert argv[-1] == "--enforce-eager"
-    assert vllm_command(config)[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert vllm_command(config)[1:3] == ["-m", "vllm.entrypoints.launchers.api_server.entry"]
 
 
 def test_vllm_without_adapters_does_not_enable_lora() -> None:

@@ -60,12 +60,17 @@ def legacy_tuning() -> JSON:
 
 
 def multi_gpu_inference(name: str = "llama") -> JSON:
-    """llama-3.3-70b on 2-GPU A100 nodes: the estimator asks for 2 nodes."""
-    return stored(
-        inference_workspace(
-            name=name, preset="llama-3.3-70b-instruct", instance_type="Standard_NC48ads_A100_v4"
-        )
+    """llama-3.3-70b on two 2-GPU A100 nodes: transformers, `resource.count: 2`.
+
+    The multi-node placement kaito runs; vLLM would need one node (a multi-node vLLM placement
+    is refused, see tests/unit/presets/test_vllm_placement.py).
+    """
+    body = inference_workspace(
+        name=name, preset="llama-3.3-70b-instruct", instance_type="Standard_NC48ads_A100_v4"
     )
+    body = with_(body, "resource.count", 2)
+    body = with_(body, "inference.preset.modelAccessSecret", "hf-token")  # llama is gated
+    return stored(with_(body, "metadata.annotations", {"kaito.sh/runtime": "transformers"}))
 
 
 def gpu_node(

@@ -173,11 +173,26 @@ def test_tuning_a_preset_without_tuning_support_is_a_permanent_error() -> None:
     assert caught.value.reason == "PresetNotTunable"
 
 
+def single_node_vllm() -> JSON:
+    """llama-3.3-70b on one 8-GPU A100 node: the estimator asks for 5 GPUs, so one node."""
+    return inference_workspace(
+        name="llama", preset="llama-3.3-70b-instruct", instance_type="Standard_ND96asr_A100_v4"
+    )
+
+
 def test_vllm_inference_takes_its_node_count_from_the_estimator() -> None:
-    ctx = ctx_of(multi_gpu_inference())
+    ctx = ctx_of(single_node_vllm())
     assert ctx.runtime == "vllm"
-    assert ctx.target_node_count == 2
-    assert ctx.gpus_per_node == 2
+    assert ctx.target_node_count == 1
+    assert ctx.gpus_per_node == 8
+
+
+def test_vllm_needing_several_nodes_is_refused() -> None:
+    body = with_(single_node_vllm(), "resource.instanceType", "Standard_NC48ads_A100_v4")
+    with pytest.raises(SpecError) as raised:
+        ctx_of(body)
+    assert raised.value.reason == "MultiNodeUnsupported"
+    assert "2 nodes of Standard_NC48ads_A100_v4" in raised.value.message
 
 
 def test_transformers_inference_takes_resource_count() -> None:
@@ -257,7 +272,7 @@ def test_probes_check_health_on_port_5000() -> None:
 
 def test_vllm_runs_the_kaito_server_with_the_vllm_engine_and_sorted_flags() -> None:
     main = container(
-        build_statefulset(ctx_of(multi_gpu_inference()))["spec"]["template"]["spec"], "llama"
+        build_statefulset(ctx_of(single_node_vllm()))["spec"]["template"]["spec"], "llama"
     )
     assert main["command"] == ["python", "-m", "kaito.runtime.inference"]
     args = main["args"]
@@ -265,8 +280,8 @@ def test_vllm_runs_the_kaito_server_with_the_vllm_engine_and_sorted_flags() -> N
     assert "--engine=vllm" in args
     assert "--port=5000" in args
     assert "--served-model-name=llama-3.3-70b-instruct" in args
-    assert "--tensor-parallel-size=2" in args
-    assert "--pipeline-parallel-size=2" in args
+    assert "--tensor-parallel-size=8" in args
+    assert not [a for a in args if a.startswith(("--pipeline-parallel", "--distributed-exec"))]
     assert "--config=/mnt/config/inference_config.yaml" in args
     assert "--gpu-memory-utilization=0.84" in args
 
@@ -362,9 +377,9 @@ def test_the_enablelb_annotation_makes_a_load_balancer() -> None:
     assert build_services(ctx_of(body))[0]["spec"]["type"] == "LoadBalancer"
 
 
-def test_multi_node_services_also_expose_ray() -> None:
+def test_multi_node_services_expose_only_http() -> None:
     ports = {p["name"] for p in build_services(ctx_of(multi_gpu_inference()))[0]["spec"]["ports"]}
-    assert ports == {"http", "ray", "dashboard"}
+    assert ports == {"http"}
 
 
 def test_without_a_user_config_the_workspace_gets_its_own_inference_config_map() -> None:

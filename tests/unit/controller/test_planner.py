@@ -96,7 +96,7 @@ def test_a_new_tuning_workspace_gets_one_nodeclaim_and_waits_for_it() -> None:
     assert result.requeue_after is not None
 
 
-def test_a_multi_gpu_preset_gets_the_estimated_number_of_nodeclaims() -> None:
+def test_a_two_node_placement_gets_one_nodeclaim_per_node() -> None:
     result = plan(multi_gpu_inference(), Observed(), OPTIONS, now=NOW)
     names = [c["metadata"]["name"] for c in applied(result, "NodeClaim")]
     assert names == [nodeclaim_name("default", "llama", i) for i in range(2)]
@@ -520,12 +520,19 @@ def test_a_metadata_only_change_keeps_the_revision() -> None:
 
 
 def test_user_config_max_model_len_feeds_the_estimator() -> None:
-    short = with_(multi_gpu_inference(), "resource.instanceType", "Standard_NC24ads_A100_v4")
+    # phi-3-mini on a 16 GiB V100 fits with the default context; 32768 tokens of KV cache do not.
+    short = stored(
+        inference_workspace(
+            name="phi", preset="phi-3-mini-128k-instruct", instance_type="Standard_NC6s_v3"
+        )
+    )
     body = with_(short, "inference.config", "long")
-    config = {"inference_config.yaml": "vllm:\n  max-model-len: 131072\n"}
+    config = {"inference_config.yaml": "vllm:\n  max-model-len: 32768\n"}
     result = plan(body, Observed(config_maps={("default", "long"): config}), OPTIONS, now=NOW)
     default = plan(short, Observed(), OPTIONS, now=NOW)
-    assert len(applied(result, "NodeClaim")) > len(applied(default, "NodeClaim"))
+    assert len(applied(default, "NodeClaim")) == 1
+    assert not applied(result, "NodeClaim")
+    assert "max-model-len" in condition(result.status, "WorkspaceSucceeded")["message"]
 
 
 # --- revisions ----------------------------------------------------------------------------

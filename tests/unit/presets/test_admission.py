@@ -123,10 +123,27 @@ def test_the_bypass_annotation_skips_memory_checks() -> None:
     assert validate_workspace(body) == []
 
 
-def test_more_nodes_make_enough_total_memory() -> None:
+def test_more_nodes_make_enough_total_memory_for_transformers() -> None:
     body = with_(
         inference_workspace(preset="phi-4", instance_type="Standard_NC6s_v3"), "resource.count", 2
     )
+    body = with_(body, "metadata.annotations", {"kaito.sh/runtime": "transformers"})
+    assert validate_workspace(body) == []
+
+
+def test_a_vllm_placement_needing_several_nodes_is_refused_naming_a_single_node_sku() -> None:
+    # phi-4 needs 3 V100s; vLLM runs on one node, so admission names SKUs that hold it alone.
+    body = with_(
+        inference_workspace(preset="phi-4", instance_type="Standard_NC6s_v3"), "resource.count", 2
+    )
+    text = messages(body)
+    assert "3 nodes of Standard_NC6s_v3" in text and "single node" in text
+    assert "e.g. Standard_NV72ads_A10_v5" in text
+    assert "bypass-resource-checks" not in text
+
+
+def test_a_vllm_placement_on_one_node_of_several_gpus_is_admitted() -> None:
+    body = inference_workspace(preset="phi-4", instance_type="Standard_NV72ads_A10_v5")
     assert validate_workspace(body) == []
 
 

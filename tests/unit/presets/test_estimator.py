@@ -46,12 +46,15 @@ def test_phi_3_mini_fits_one_v100() -> None:
     assert (estimate.min_gpus, estimate.nodes, estimate.fits) == (1, 1, True)
 
 
-def test_llama_70b_needs_three_a100_80gb_nodes() -> None:
+def test_llama_70b_needs_three_a100_80gb_nodes_which_vllm_cannot_span() -> None:
     # avail 67.2; reserve 2.3 + 2048 x 327680 / 2^30 = 2.925; usable 61.214;
     # 1.02 x 131.42 = 134.048 -> floor(2.19) + 1 = 3 GPUs -> 3 single-GPU nodes.
     estimate = estimate_nodes(preset("llama-3.3-70b-instruct"), sku("Standard_NC24ads_A100_v4"))
     assert estimate.usable_per_gpu_gib == pytest.approx(61.2143, abs=1e-3)
-    assert (estimate.min_gpus, estimate.nodes, estimate.fits) == (3, 3, True)
+    assert (estimate.min_gpus, estimate.nodes, estimate.fits) == (3, 3, False)
+    assert "single node" in estimate.reason and "3 nodes of Standard_NC24ads_A100_v4" in (
+        estimate.reason
+    )
 
 
 def test_llama_70b_fits_one_node_with_eight_a100s() -> None:
@@ -78,9 +81,15 @@ def test_a_model_without_distributed_support_cannot_span_nodes() -> None:
     assert "multi-node" in estimate.reason
 
 
-def test_an_unknown_sku_keeps_the_requested_count() -> None:
+def test_an_unknown_sku_keeps_the_requested_count_of_one() -> None:
+    estimate = estimate_nodes(preset("phi-4"), unknown_sku("Standard_NX1"), requested_count=1)
+    assert (estimate.nodes, estimate.fits) == (1, True)
+
+
+def test_an_unknown_sku_with_two_nodes_requested_is_refused_for_vllm() -> None:
     estimate = estimate_nodes(preset("phi-4"), unknown_sku("Standard_NX1"), requested_count=2)
-    assert (estimate.nodes, estimate.fits) == (2, True)
+    assert (estimate.nodes, estimate.fits) == (2, False)
+    assert "resource.count to 1" in estimate.reason
 
 
 @pytest.mark.parametrize(

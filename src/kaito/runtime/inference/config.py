@@ -14,7 +14,7 @@ import yaml
 
 from kaito.contract.files import ADAPTER_DIR, WEIGHTS_DIR
 from kaito.contract.inference import InferenceConfigError, vllm_section
-from kaito.runtime.inference.chat_templates import resolve_template_path
+from kaito.runtime.chat_templates import resolve_template_path
 
 DEFAULT_MODEL = WEIGHTS_DIR
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024

@@ -10,12 +10,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from kaito.runtime.chat_templates import resolve_template_path
 from kaito.runtime.inference.adapters import discover
 from kaito.runtime.inference.config import ServerConfig
 
 log = logging.getLogger(__name__)
 
-VLLM_MODULE = "vllm.entrypoints.openai.api_server"
+# vLLM >= 0.2x: the launcher module behind `vllm serve` (the old
+# vllm.entrypoints.openai.api_server re-exports it with a deprecation warning).
+VLLM_MODULE = "vllm.entrypoints.launchers.api_server.entry"
+# vLLM reads the server's API key from here; on the command line it would show in `ps`.
+VLLM_API_KEY_ENV = "VLLM_API_KEY"
 # vLLM refuses adapters above --max-lora-rank (default 16); raise it to fit what is mounted.
 VLLM_DEFAULT_MAX_LORA_RANK = 16
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
@@ -55,17 +60,17 @@ def build_vllm_argv(config: ServerConfig, environ: Mapping[str, str] | None = No
         str(config.port),
         "--dtype",
         config.dtype,
-        "--max-num-seqs",
-        str(config.max_num_seqs),
     ]
+    # kaito's own default (16) suits the CPU engine; vLLM sizes its batch for the GPU itself
+    # (256 on A100, 1024 on H100/H200), so only a value the user set is passed on.
+    if "max_num_seqs" in config.explicit:
+        argv += ["--max-num-seqs", str(config.max_num_seqs)]
     if config.max_model_len is not None:
         argv += ["--max-model-len", str(config.max_model_len)]
     if config.chat_template is not None:
-        argv += ["--chat-template", config.chat_template]
+        argv += ["--chat-template", resolve_template_path(config.chat_template)]
     if config.trust_remote_code:
         argv.append("--trust-remote-code")
-    if config.api_key is not None:
-        argv += ["--api-key", config.api_key]
     if config.log_level:
         argv += ["--uvicorn-log-level", config.log_level.lower()]
     adapters = discover(Path(config.adapter_dir)) if config.adapter_dir else []
@@ -98,9 +103,19 @@ def vllm_command(config: ServerConfig) -> list[str]:
     return [sys.executable, "-m", VLLM_MODULE, *build_vllm_argv(config)]
 
 
+def vllm_environment(
+    config: ServerConfig, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment vLLM runs with: ours, plus the API key where vLLM looks for it."""
+    env = dict(os.environ if environ is None else environ)
+    if config.api_key is not None:
+        env[VLLM_API_KEY_ENV] = config.api_key
+    return env
+
+
 def exec_vllm(config: ServerConfig) -> int:
     """Replace this process with vLLM's server (signals and exit codes then belong to vLLM)."""
     command = vllm_command(config)
-    log.info("starting vLLM: %s", " ".join(a if a != config.api_key else "***" for a in command))
-    os.execv(command[0], command)
-    return 0  # pragma: no cover - execv does not return
+    log.info("starting vLLM: %s", " ".join(command))
+    os.execve(command[0], command, vllm_environment(config))
+    return 0  # pragma: no cover - execve does not return
