@@ -22,6 +22,10 @@ INFERENCE_CONFIG_FILE = "inference_config.yaml"
 TRAINING_CONFIG_PATH = f"{CONFIG_MOUNT}/{TRAINING_CONFIG_FILE}"
 INFERENCE_CONFIG_PATH = f"{CONFIG_MOUNT}/{INFERENCE_CONFIG_FILE}"
 
+# Internal hosts the tuning downloader may fetch datasets from: the operator's setting of
+# the same name, passed to the data-downloader container (docs/tuning.md).
+TUNING_ALLOWED_HOSTS_ENV = "KAITO_TUNING_ALLOWED_HOSTS"
+
 
 def under_mount_root(value: str) -> str | None:
     """`value` (relative paths under MOUNT_ROOT) as a normalized path strictly inside

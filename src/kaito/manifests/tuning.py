@@ -21,6 +21,7 @@ from kaito.contract.files import (
     DEFAULT_OUTPUT_DIR,
     RESULTS_DIR,
     TRAINING_CONFIG_PATH,
+    TUNING_ALLOWED_HOSTS_ENV,
     WEIGHTS_DIR,
     under_mount_root,
 )
@@ -141,7 +142,7 @@ def _input_stage(ctx: WorkspaceContext) -> tuple[list[JSON], list[JSON]]:
                 "args": list(source.urls),
                 "env": [
                     {
-                        "name": "KAITO_TUNING_ALLOWED_HOSTS",
+                        "name": TUNING_ALLOWED_HOSTS_ENV,
                         "value": ",".join(ctx.options.tuning_allowed_hosts),
                     }
                 ],

@@ -19,7 +19,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
-ALLOWED_HOSTS_ENV = "KAITO_TUNING_ALLOWED_HOSTS"
+from kaito.contract.files import TUNING_ALLOWED_HOSTS_ENV
+
+ALLOWED_HOSTS_ENV = TUNING_ALLOWED_HOSTS_ENV
 MAX_BYTES_ENV = "KAITO_TUNING_MAX_DOWNLOAD_BYTES"
 DEADLINE_ENV = "KAITO_TUNING_DOWNLOAD_DEADLINE_SECONDS"
 DEFAULT_MAX_BYTES = 50 << 30
