@@ -13,6 +13,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 
 from kaito.api import crd as crd_module
+from kaito.api import rules
 from kaito.api.validation import validate_structure
 from kaito.devcluster import ApiClient, ApiError
 from kaito.presets.validation import validate_workspace
@@ -20,9 +21,9 @@ from tests.unit.api.builders import (
     LEGACY_EXAMPLE,
     REPO,
     Body,
-    adapter,
     inference_workspace,
     legacy_tuning_workspace,
+    make_workspace,
     tuning_workspace,
     with_,
     without,
@@ -112,8 +113,11 @@ def test_invalid_workspaces_are_rejected_at_admission_naming_the_field(
     assert field in result.stderr, result.stderr
 
 
-def test_at_least_fifteen_distinct_invalid_workspaces_are_covered() -> None:
-    assert len(ADMISSION_CASES) >= 15
+def test_every_create_time_cel_rule_fires_in_a_case_the_apiserver_sees() -> None:
+    # The update-time (transition) rules are sent by the UPDATES test below.
+    seen = {e.message for _, body, _ in ADMISSION_CASES for e in validate_structure(body)}
+    missing = [r.rule for r in rules.RULES if r.transition is None and r.message not in seen]
+    assert missing == []
 
 
 @pytest.mark.parametrize(
@@ -213,7 +217,7 @@ def test_short_names_work(workspace_crd: dict[str, Any], kubectl: Kubectl) -> No
 def test_an_object_written_as_v1alpha1_reads_back_as_v1beta1_and_back(
     workspace_crd: dict[str, Any], kubectl: Kubectl
 ) -> None:
-    body = with_(inference_workspace(version="v1alpha1"), "inference.adapters", [adapter()])
+    body = make_workspace("serve-phi-3", version="v1alpha1").inference().adapter().obj()
     assert create(kubectl, body).returncode == 0
     name = body["metadata"]["name"]
     beta = get(kubectl, name, "workspaces.v1beta1.kaito.sh")
@@ -227,8 +231,8 @@ def test_an_object_written_as_v1alpha1_reads_back_as_v1beta1_and_back(
 def test_v1beta1_only_fields_survive_a_read_through_v1alpha1(
     workspace_crd: dict[str, Any], kubectl: Kubectl
 ) -> None:
-    body = with_(inference_workspace(), "resource.partition", {"mode": "accelerator", "count": 2})
-    body = with_(body, "inference.preset.modelAccessSecret", "hf-token")
+    builder = make_workspace("serve-phi-3").inference().partition("accelerator", count=2)
+    body = builder.model_access_secret("hf-token").obj()
     assert create(kubectl, body).returncode == 0
     alpha = get(kubectl, body["metadata"]["name"], "workspaces.v1alpha1.kaito.sh")
     assert alpha["resource"]["partition"] == {"mode": "accelerator", "count": 2}

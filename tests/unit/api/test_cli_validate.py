@@ -10,7 +10,15 @@ from typer.testing import CliRunner
 
 from kaito.cli.validate import validate
 
-from .builders import LEGACY_EXAMPLE, Body, inference_workspace, tuning_workspace, with_, without
+from .builders import (
+    LEGACY_EXAMPLE,
+    Body,
+    adding,
+    inference_workspace,
+    make_workspace,
+    tuning_workspace,
+    without,
+)
 
 app = typer.Typer()
 app.command()(validate)
@@ -35,7 +43,7 @@ def test_the_legacy_example_is_valid() -> None:
 
 
 def test_each_error_is_one_line_naming_file_workspace_and_field(tmp_path: Path) -> None:
-    bad = without(with_(tuning_workspace(), "resource.count", 2), "tuning.output.imagePushSecret")
+    bad = without(adding(tuning_workspace(), "resource.count", 2), "tuning.output.imagePushSecret")
     code, out = run("-f", write(tmp_path, bad))
     assert code == 1
     lines = [line for line in out.splitlines() if "tune-phi-3" in line]
@@ -53,13 +61,13 @@ def test_a_user_config_map_in_the_same_file_is_checked(tmp_path: Path) -> None:
             "  QuantizationConfig: {load_in_4bit: false}\n"
         },
     }
-    body = with_(tuning_workspace(method="qlora"), "tuning.config", "my-config")
+    body = make_workspace("tune-phi-3").tuning(method="qlora").tuning_config("my-config").obj()
     code, out = run("-f", write(tmp_path, config_map, body))
     assert code == 1 and "tuning.config" in out
 
 
 def test_a_config_map_only_in_the_cluster_is_not_an_offline_error(tmp_path: Path) -> None:
-    body = with_(tuning_workspace(), "tuning.config", "in-cluster-config")
+    body = make_workspace("tune-phi-3").tuning().tuning_config("in-cluster-config").obj()
     assert run("-f", write(tmp_path, body))[0] == 0
 
 

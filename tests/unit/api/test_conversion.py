@@ -6,7 +6,7 @@ import pytest
 
 from kaito.api import convert, parse_workspace
 
-from .builders import adapter, inference_workspace, legacy_tuning_workspace, tuning_workspace, with_
+from .builders import inference_workspace, legacy_tuning_workspace, make_workspace, tuning_workspace
 
 
 def _normalized(body: dict[str, object]) -> dict[str, object]:
@@ -18,9 +18,7 @@ def _normalized(body: dict[str, object]) -> dict[str, object]:
     [
         legacy_tuning_workspace(),
         inference_workspace(version="v1alpha1"),
-        with_(
-            inference_workspace(version="v1alpha1"), "inference.adapters", [adapter(strength="0.5")]
-        ),
+        make_workspace("serve-phi-3", version="v1alpha1").inference().adapter(strength="0.5").obj(),
     ],
     ids=["legacy-tuning", "inference", "inference-with-adapter"],
 )
@@ -32,9 +30,14 @@ def test_a_v1alpha1_object_survives_a_trip_through_v1beta1(body: dict[str, objec
 
 
 def test_v1beta1_only_fields_survive_a_trip_through_v1alpha1() -> None:
-    body = with_(inference_workspace(), "resource.partition", {"mode": "mig", "profile": "1g.10gb"})
-    body = with_(body, "inference.preset.modelAccessSecret", "hf-token")
-    body = with_(body, "status", {"state": "Ready", "targetNodeCount": 2})
+    body = (
+        make_workspace("serve-phi-3")
+        .inference()
+        .partition("mig", profile="1g.10gb")
+        .model_access_secret("hf-token")
+        .status({"state": "Ready", "targetNodeCount": 2})
+        .obj()
+    )
     back = convert(convert(body, "v1alpha1"), "v1beta1")
     assert _normalized(back) == _normalized(body)
 

@@ -9,11 +9,11 @@ from kaito.api import parse_workspace
 from kaito.api.workspace import V1ALPHA1_DEFAULT_INSTANCE_TYPE, Workspace
 
 from .builders import (
-    adapter,
+    adding,
     inference_workspace,
     legacy_tuning_workspace,
+    make_workspace,
     tuning_workspace,
-    with_,
     without,
 )
 
@@ -64,16 +64,15 @@ def test_v1alpha1_defaults_the_instance_type_but_v1beta1_does_not() -> None:
 def test_the_training_config_map_defaults_by_method(
     method: str, config: str | None, expected: str
 ) -> None:
-    body = tuning_workspace(method=method)
-    if config:
-        body = with_(body, "tuning.config", config)
+    builder = make_workspace("tune-phi-3").tuning(method=method)
+    body = (builder.tuning_config(config) if config else builder).obj()
     workspace = parse_workspace(body)
     assert workspace.tuning is not None
     assert workspace.tuning.config_map_name == expected
 
 
 def test_an_adapter_without_strength_has_strength_one() -> None:
-    body = with_(inference_workspace(), "inference.adapters", [adapter()])
+    body = make_workspace("serve-phi-3").inference().adapter().obj()
     workspace = parse_workspace(body)
     assert workspace.inference is not None and workspace.inference.adapters
     assert workspace.inference.adapters[0].effective_strength == "1.0"
@@ -91,20 +90,18 @@ def test_to_body_is_stable_under_a_second_parse() -> None:
 
 def test_schemaless_fields_keep_arbitrary_content() -> None:
     volume = {"persistentVolumeClaim": {"claimName": "data", "readOnly": True}}
-    body = with_(
-        without(tuning_workspace(), "tuning.input.urls"), "tuning.input.volumeSource", volume
-    )
+    body = make_workspace("tune-phi-3").tuning().data_volume(volume).obj()
     assert parse_workspace(body).to_body()["tuning"]["input"]["volumeSource"] == volume
 
 
 def test_unknown_fields_are_rejected_like_the_upstream_webhook() -> None:
     with pytest.raises(ValidationError):
-        parse_workspace(with_(inference_workspace(), "resource.instancetype", "x"))
+        parse_workspace(adding(inference_workspace(), "resource.instancetype", "x"))
 
 
 def test_a_string_count_is_not_coerced() -> None:
     with pytest.raises(ValidationError):
-        parse_workspace(with_(inference_workspace(), "resource.count", "2"))
+        parse_workspace(adding(inference_workspace(), "resource.count", "2"))
 
 
 def test_models_accept_python_field_names_too() -> None:
@@ -130,7 +127,7 @@ def test_status_keeps_tuning_progress_and_unknown_keys() -> None:
         },
         "futureField": {"x": 1},
     }
-    workspace = parse_workspace(with_(tuning_workspace(), "status", status))
+    workspace = parse_workspace(make_workspace("tune-phi-3").tuning().status(status).obj())
     assert workspace.status is not None
     assert workspace.status.tuning is not None and workspace.status.tuning.progress_percent == 42
     started = workspace.status.condition("JobStarted")

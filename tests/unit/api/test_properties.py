@@ -14,9 +14,10 @@ from kaito.presets.validation import validate_workspace, workspace_warnings
 
 from .builders import (
     Body,
-    adapter,
+    adding,
     inference_workspace,
     legacy_tuning_workspace,
+    make_workspace,
     tuning_workspace,
     with_,
     without,
@@ -120,7 +121,7 @@ bases = st.sampled_from(
         tuning_workspace(version="v1alpha1", method="lora"),
         inference_workspace(),
         inference_workspace(version="v1alpha1"),
-        with_(inference_workspace(), "inference.adapters", [adapter("a"), adapter("b")]),
+        make_workspace("serve-phi-3").inference().adapter("a").adapter("b").obj(),
     ]
 )
 
@@ -134,7 +135,11 @@ def workspaces(draw: st.DrawFn) -> Body:
             if draw(st.booleans()) and draw(st.booleans()):
                 body = without(body, path)
             else:
-                body = with_(body, path, draw(edge_values | json_values))
+                value = draw(edge_values | json_values)
+                try:
+                    body = with_(body, path, value)
+                except KeyError:  # not in this body yet: add it (its parent must exist)
+                    body = adding(body, path, value)
         except (KeyError, TypeError, IndexError, AttributeError):
             continue
     return body

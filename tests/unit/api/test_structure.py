@@ -12,14 +12,18 @@ from kaito.api.validation import validate_structure
 from .builders import (
     Body,
     adapter,
+    adding,
     inference_workspace,
     legacy_tuning_workspace,
+    make_workspace,
     tuning_workspace,
     with_,
     without,
 )
 
 VOLUME = {"persistentVolumeClaim": {"claimName": "data"}}
+SERVE = "serve-phi-3"
+TUNE = "tune-phi-3"
 
 
 def fields(errors: list[Any]) -> list[str]:
@@ -34,29 +38,19 @@ def fields(errors: list[Any]) -> list[str]:
         tuning_workspace(method="lora"),
         inference_workspace(),
         inference_workspace(version="v1alpha1"),
-        with_(inference_workspace(), "inference.adapters", [adapter("a"), adapter("b")]),
-        with_(
-            with_(
-                without(tuning_workspace(), "tuning.input.urls"), "tuning.input.image", "busybox"
-            ),
-            "tuning.output",
-            {"volumeSource": VOLUME},
-        ),
-        with_(
-            inference_workspace(),
-            "resource.labelSelector",
-            {"matchExpressions": [{"key": "app", "operator": "In", "values": ["x"]}]},
-        ),
-        with_(
-            without(inference_workspace(), "inference.preset"), "inference.template", {"spec": {}}
-        ),
-        with_(inference_workspace(), "inference.adapters", [adapter(strength="0.25")]),
-        with_(inference_workspace(), "resource.partition", {"mode": "accelerator", "count": 2}),
-        with_(
-            tuning_workspace(),
-            "tuning.output.image",
-            "myregistry.azurecr.io/adapters/phi@sha256:" + "a" * 64,
-        ),
+        make_workspace(SERVE).inference().adapter("a").adapter("b").obj(),
+        make_workspace(TUNE).tuning().data_image("busybox").output_volume(VOLUME).obj(),
+        make_workspace(SERVE)
+        .inference()
+        .label_selector({"matchExpressions": [{"key": "app", "operator": "In", "values": ["x"]}]})
+        .obj(),
+        make_workspace(SERVE).template({"spec": {}}).obj(),
+        make_workspace(SERVE).inference().adapter(strength="0.25").obj(),
+        make_workspace(SERVE).inference().partition("accelerator", count=2).obj(),
+        make_workspace(TUNE)
+        .tuning()
+        .output_image("myregistry.azurecr.io/adapters/phi@sha256:" + "a" * 64)
+        .obj(),
     ],
     ids=[
         "legacy",
@@ -81,12 +75,12 @@ INVALID: list[tuple[str, Body, str]] = [
     ("neither inference nor tuning", without(inference_workspace(), "inference"), "inference"),
     (
         "both inference and tuning",
-        with_(inference_workspace(), "tuning", tuning_workspace()["tuning"]),
+        adding(inference_workspace(), "tuning", tuning_workspace()["tuning"]),
         "tuning",
     ),
-    ("tuning on two nodes", with_(tuning_workspace(), "resource.count", 2), "resource.count"),
-    ("zero nodes", with_(inference_workspace(), "resource.count", 0), "resource.count"),
-    ("too many nodes", with_(inference_workspace(), "resource.count", 1000), "resource.count"),
+    ("tuning on two nodes", adding(tuning_workspace(), "resource.count", 2), "resource.count"),
+    ("zero nodes", adding(inference_workspace(), "resource.count", 0), "resource.count"),
+    ("too many nodes", adding(inference_workspace(), "resource.count", 1000), "resource.count"),
     ("unknown method", with_(tuning_workspace(), "tuning.method", "full"), "tuning.method"),
     ("mixed-case method", with_(tuning_workspace(), "tuning.method", "QLoRA"), "tuning.method"),
     ("missing method", without(tuning_workspace(), "tuning.method"), "tuning.method"),
@@ -96,7 +90,7 @@ INVALID: list[tuple[str, Body, str]] = [
     ("empty url list", with_(tuning_workspace(), "tuning.input.urls", []), "tuning.input"),
     (
         "two input sources",
-        with_(tuning_workspace(), "tuning.input.image", "registry.example.com/data:1"),
+        adding(tuning_workspace(), "tuning.input.image", "registry.example.com/data:1"),
         "tuning.input",
     ),
     (
@@ -106,7 +100,7 @@ INVALID: list[tuple[str, Body, str]] = [
     ),
     (
         "output image and volume",
-        with_(tuning_workspace(), "tuning.output.volumeSource", VOLUME),
+        adding(tuning_workspace(), "tuning.output.volumeSource", VOLUME),
         "tuning.output",
     ),
     (
@@ -131,7 +125,7 @@ INVALID: list[tuple[str, Body, str]] = [
     ),
     (
         "NotIn expression",
-        with_(
+        adding(
             inference_workspace(),
             "resource.labelSelector.matchExpressions",
             [{"key": "app", "operator": "NotIn", "values": ["x"]}],
@@ -145,7 +139,7 @@ INVALID: list[tuple[str, Body, str]] = [
     ),
     (
         "preset and template",
-        with_(inference_workspace(), "inference.template", {"spec": {}}),
+        adding(inference_workspace(), "inference.template", {"spec": {}}),
         "inference.template",
     ),
     (
@@ -155,37 +149,37 @@ INVALID: list[tuple[str, Body, str]] = [
     ),
     (
         "private access without image",
-        with_(inference_workspace(), "inference.preset.accessMode", "private"),
+        adding(inference_workspace(), "inference.preset.accessMode", "private"),
         "inference.preset.presetOptions",
     ),
     (
         "bad access mode",
-        with_(inference_workspace(), "inference.preset.accessMode", "open"),
+        adding(inference_workspace(), "inference.preset.accessMode", "open"),
         "inference.preset.accessMode",
     ),
     (
         "eleven adapters",
-        with_(inference_workspace(), "inference.adapters", [adapter(f"a{i}") for i in range(11)]),
+        adding(inference_workspace(), "inference.adapters", [adapter(f"a{i}") for i in range(11)]),
         "inference.adapters",
     ),
     (
         "duplicate adapters",
-        with_(inference_workspace(), "inference.adapters", [adapter("a"), adapter("a")]),
+        adding(inference_workspace(), "inference.adapters", [adapter("a"), adapter("a")]),
         "inference.adapters",
     ),
     (
         "adapter without name",
-        with_(inference_workspace(), "inference.adapters", [{"source": {"image": "r.io/a:1"}}]),
+        adding(inference_workspace(), "inference.adapters", [{"source": {"image": "r.io/a:1"}}]),
         "inference.adapters[0].source",
     ),
     (
         "adapter without image or volume",
-        with_(inference_workspace(), "inference.adapters", [{"source": {"name": "a"}}]),
+        adding(inference_workspace(), "inference.adapters", [{"source": {"name": "a"}}]),
         "inference.adapters[0].source",
     ),
     (
         "adapter from urls",
-        with_(
+        adding(
             inference_workspace(),
             "inference.adapters",
             [{"source": {"name": "a", "image": "r.io/a:1", "urls": ["https://x.io/a"]}}],
@@ -194,39 +188,33 @@ INVALID: list[tuple[str, Body, str]] = [
     ),
     (
         "adapter strength above one",
-        with_(inference_workspace(), "inference.adapters", [adapter(strength="1.5")]),
+        adding(inference_workspace(), "inference.adapters", [adapter(strength="1.5")]),
         "inference.adapters[0].strength",
     ),
     (
         "adapter name not DNS",
-        with_(inference_workspace(), "inference.adapters", [adapter("My_Adapter")]),
+        adding(inference_workspace(), "inference.adapters", [adapter("My_Adapter")]),
         "inference.adapters[0].source.name",
     ),
     (
         "adapters on a template",
-        with_(
-            with_(
-                without(inference_workspace(), "inference.preset"),
-                "inference.template",
-                {"spec": {}},
-            ),
-            "inference.adapters",
-            [adapter()],
+        adding(
+            make_workspace(SERVE).template({"spec": {}}).obj(), "inference.adapters", [adapter()]
         ),
         "inference.adapters",
     ),
     (
         "mig partition with count",
-        with_(inference_workspace(), "resource.partition", {"mode": "mig", "count": 1}),
+        adding(inference_workspace(), "resource.partition", {"mode": "mig", "count": 1}),
         "resource.partition",
     ),
     (
         "partition for tuning",
-        with_(tuning_workspace(), "resource.partition", {"mode": "accelerator", "count": 1}),
+        adding(tuning_workspace(), "resource.partition", {"mode": "accelerator", "count": 1}),
         "resource.partition",
     ),
-    ("unknown field", with_(inference_workspace(), "inference.presets", {}), "inference.presets"),
-    ("string count", with_(inference_workspace(), "resource.count", "1"), "resource.count"),
+    ("unknown field", adding(inference_workspace(), "inference.presets", {}), "inference.presets"),
+    ("string count", adding(inference_workspace(), "resource.count", "1"), "resource.count"),
     ("bad apiVersion", with_(inference_workspace(), "apiVersion", "kaito.sh/v1"), "apiVersion"),
     ("bad kind", with_(inference_workspace(), "kind", "Work"), "kind"),
 ]
@@ -256,7 +244,7 @@ UPDATES: list[tuple[str, Body, Body, str]] = [
     (
         "count",
         inference_workspace(),
-        with_(inference_workspace(), "resource.count", 2),
+        make_workspace(SERVE).inference().count(2).obj(),
         "resource.count",
     ),
     (
@@ -280,14 +268,14 @@ UPDATES: list[tuple[str, Body, Body, str]] = [
     ("tuning method", tuning_workspace(), tuning_workspace(method="lora"), "tuning.method"),
     (
         "input name",
-        with_(tuning_workspace(), "tuning.input.name", "data"),
-        with_(tuning_workspace(), "tuning.input.name", "other"),
+        make_workspace(TUNE).tuning().data_name("data").obj(),
+        make_workspace(TUNE).tuning().data_name("other").obj(),
         "tuning.input.name",
     ),
     (
         "partition",
-        with_(inference_workspace(), "resource.partition", {"mode": "mig", "profile": "1g.10gb"}),
-        with_(inference_workspace(), "resource.partition", {"mode": "mig", "profile": "2g.20gb"}),
+        make_workspace(SERVE).inference().partition("mig", profile="1g.10gb").obj(),
+        make_workspace(SERVE).inference().partition("mig", profile="2g.20gb").obj(),
         "resource.partition",
     ),
     (
@@ -299,9 +287,7 @@ UPDATES: list[tuple[str, Body, Body, str]] = [
     (
         "template toggled on",
         inference_workspace(),
-        with_(
-            without(inference_workspace(), "inference.preset"), "inference.template", {"spec": {}}
-        ),
+        make_workspace(SERVE).template({"spec": {}}).obj(),
         "inference.",
     ),
 ]
@@ -327,9 +313,9 @@ def test_immutable_fields_cannot_change_on_update(old: Body, new: Body, field: s
             tuning_workspace(),
             with_(tuning_workspace(), "tuning.output.image", "registry.example.com/b:2"),
         ),
-        (inference_workspace(), with_(inference_workspace(), "inference.adapters", [adapter()])),
-        (inference_workspace(), with_(inference_workspace(), "inference.config", "my-config")),
-        (inference_workspace(), with_(inference_workspace(), "metadata.annotations", {"a": "b"})),
+        (inference_workspace(), make_workspace(SERVE).inference().adapter().obj()),
+        (inference_workspace(), make_workspace(SERVE).inference().inference_config("cfg").obj()),
+        (inference_workspace(), make_workspace(SERVE).inference().annotation("a", "b").obj()),
     ],
     ids=["input-urls", "output-image", "adapters", "config", "annotations"],
 )
@@ -355,4 +341,4 @@ def test_every_cel_rule_is_exercised_by_an_invalid_case_above() -> None:
 
 
 def test_status_is_ignored_on_writes_like_the_status_subresource_does() -> None:
-    assert validate_structure(with_(inference_workspace(), "status", "garbage")) == []
+    assert validate_structure(adding(inference_workspace(), "status", "garbage")) == []

@@ -10,8 +10,10 @@ from kaito.manifests.options import ClusterOptions
 from kaito.reconcile.planner import plan
 from kaito.reconcile.types import Observed, Plan
 from tests.unit.api.builders import (
+    adding,
     inference_workspace,
     legacy_tuning_workspace,
+    make_workspace,
     tuning_workspace,
     with_,
 )
@@ -22,7 +24,14 @@ LATER = "2026-11-28T12:05:00Z"
 OPTIONS = ClusterOptions()
 BYO = ClusterOptions(node_provisioner="byo")
 
-__all__ = ["inference_workspace", "legacy_tuning_workspace", "tuning_workspace", "with_"]
+__all__ = [
+    "adding",
+    "inference_workspace",
+    "legacy_tuning_workspace",
+    "make_workspace",
+    "tuning_workspace",
+    "with_",
+]
 
 
 def stored(
@@ -65,12 +74,15 @@ def multi_gpu_inference(name: str = "llama") -> JSON:
     The multi-node placement kaito runs; vLLM would need one node (a multi-node vLLM placement
     is refused, see tests/unit/presets/test_vllm_placement.py).
     """
-    body = inference_workspace(
-        name=name, preset="llama-3.3-70b-instruct", instance_type="Standard_NC48ads_A100_v4"
+    body = (
+        make_workspace(name)
+        .inference("llama-3.3-70b-instruct")
+        .instance_type("Standard_NC48ads_A100_v4")
+        .count(2)
+        .runtime("transformers")
+        .model_access_secret("hf-token")  # llama is gated: admission asks for the token
     )
-    body = with_(body, "resource.count", 2)
-    body = with_(body, "inference.preset.modelAccessSecret", "hf-token")  # llama is gated
-    return stored(with_(body, "metadata.annotations", {"kaito.sh/runtime": "transformers"}))
+    return stored(body.obj())
 
 
 def gpu_node(

@@ -21,6 +21,7 @@ from kaito.manifests.keys import ANNOTATION_APPLIED, LABEL_WORKSPACE
 from kaito.manifests.nodeclaim import build_nodeclaim, nodeclaim_name
 from kaito.manifests.options import ClusterOptions
 from kaito.manifests.tuning import build_job, training_output_dir
+from tests.unit.api.builders import make_workspace
 from tests.unit.controller.builders import (
     OPTIONS,
     inference_workspace,
@@ -32,6 +33,8 @@ from tests.unit.controller.builders import (
 )
 
 JSON = dict[str, Any]
+SERVE = "serve-phi-3"
+ANNOTATION_IMAGE_FAMILY = "kaito.sh/node-image-family"
 
 
 def ctx_of(body: JSON, options: ClusterOptions = OPTIONS, **kwargs: Any) -> WorkspaceContext:
@@ -121,9 +124,8 @@ def test_tuning_nodeclaims_request_1024gi_and_inference_the_preset_disk() -> Non
 
 
 def test_the_workspace_image_family_annotation_wins_over_the_default() -> None:
-    body = with_(
-        inference_workspace(), "metadata.annotations", {"kaito.sh/node-image-family": "AzureLinux "}
-    )
+    body = make_workspace(SERVE).inference().annotation(ANNOTATION_IMAGE_FAMILY, "AzureLinux ")
+    body = body.obj()
     claim = build_nodeclaim(ctx_of(body), 0)
     assert claim["metadata"]["annotations"]["kaito.sh/node-image-family"] == "azurelinux"
 
@@ -154,7 +156,7 @@ def test_every_built_object_records_the_hash_of_its_content() -> None:
 def test_the_spec_hash_ignores_metadata_and_status_but_not_the_spec() -> None:
     body = stored(inference_workspace())
     ws = parse_workspace(body)
-    relabelled = parse_workspace(with_(body, "metadata.labels", {"team": "a"}))
+    relabelled = parse_workspace(stored(make_workspace(SERVE).inference().label("team", "a").obj()))
     other = parse_workspace(with_(body, "inference.preset.name", "phi-4"))
     assert spec_hash(ws) == spec_hash(relabelled)
     assert spec_hash(ws) != spec_hash(other)
@@ -196,10 +198,7 @@ def test_vllm_needing_several_nodes_is_refused() -> None:
 
 
 def test_transformers_inference_takes_resource_count() -> None:
-    body = with_(
-        inference_workspace(), "metadata.annotations", {"kaito.sh/runtime": "transformers"}
-    )
-    body = with_(body, "resource.count", 3)
+    body = make_workspace(SERVE).inference().runtime("transformers").count(3).obj()
     ctx = ctx_of(body)
     assert (ctx.runtime, ctx.target_node_count) == ("transformers", 3)
 
@@ -292,9 +291,7 @@ def test_vllm_on_a10_leaves_more_memory_headroom() -> None:
 
 
 def test_transformers_gets_the_presets_transformers_args() -> None:
-    body = with_(
-        inference_workspace(), "metadata.annotations", {"kaito.sh/runtime": "transformers"}
-    )
+    body = make_workspace(SERVE).inference().runtime("transformers").obj()
     flags = inference_flags(ctx_of(body))
     assert flags["engine"] == "transformers"
     assert flags["torch_dtype"] == "auto"
@@ -306,7 +303,7 @@ def test_flags_render_bare_for_empty_values() -> None:
 
 
 def test_vllm_pods_disable_flashinfer_sampling_and_read_the_hf_token_secret() -> None:
-    body = with_(inference_workspace(), "inference.preset.modelAccessSecret", "hf")
+    body = make_workspace(SERVE).inference().model_access_secret("hf").obj()
     main = container(build_statefulset(ctx_of(body))["spec"]["template"]["spec"], "serve-phi-3")
     env = env_of(main)
     assert env["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
@@ -322,7 +319,7 @@ def test_image_adapters_get_a_puller_init_container_and_a_shared_volume() -> Non
         },
         "strength": "0.5",
     }
-    body = with_(inference_workspace(), "inference.adapters", [adapter])
+    body = make_workspace(SERVE).inference().adapter_spec(adapter).obj()
     pod = build_statefulset(ctx_of(body))["spec"]["template"]["spec"]
     puller = container(pod, "puller-lora-a")
     assert puller["args"][:2] == ["registry.example.com/adapters/a:1", "/mnt/adapter/lora-a"]
@@ -344,7 +341,7 @@ def test_volume_adapters_are_mounted_without_an_init_container() -> None:
             "volumeSource": {"persistentVolumeClaim": {"claimName": "pvc"}},
         }
     }
-    body = with_(inference_workspace(), "inference.adapters", [adapter])
+    body = make_workspace(SERVE).inference().adapter_spec(adapter).obj()
     pod = build_statefulset(ctx_of(body))["spec"]["template"]["spec"]
     assert "initContainers" not in pod
     volume = next(v for v in pod["volumes"] if v["name"] == "adapter-volume-lora-b")
@@ -373,7 +370,7 @@ def test_services_expose_port_80_on_the_leader_and_a_headless_service() -> None:
 
 
 def test_the_enablelb_annotation_makes_a_load_balancer() -> None:
-    body = with_(inference_workspace(), "metadata.annotations", {"kaito.sh/enablelb": "True"})
+    body = make_workspace(SERVE).inference().annotation("kaito.sh/enablelb", "True").obj()
     assert build_services(ctx_of(body))[0]["spec"]["type"] == "LoadBalancer"
 
 
@@ -394,7 +391,7 @@ def test_without_a_user_config_the_workspace_gets_its_own_inference_config_map()
 
 
 def test_a_user_config_is_mounted_instead_of_the_default() -> None:
-    body = with_(inference_workspace(), "inference.config", "my-config")
+    body = make_workspace(SERVE).inference().inference_config("my-config").obj()
     ctx = ctx_of(body)
     assert build_inference_config_map(ctx) is None
     pod = build_statefulset(ctx)["spec"]["template"]["spec"]
@@ -404,7 +401,7 @@ def test_a_user_config_is_mounted_instead_of_the_default() -> None:
 
 def test_a_custom_template_keeps_its_containers_and_gains_labels_and_tolerations() -> None:
     template = {"spec": {"containers": [{"name": "custom", "image": "busybox:1"}]}}
-    body = with_(inference_workspace(), "inference", {"template": template})
+    body = make_workspace(SERVE).template(template).obj()
     sts = build_statefulset(ctx_of(body))
     pod = sts["spec"]["template"]
     assert pod["spec"]["containers"] == [{"name": "custom", "image": "busybox:1"}]

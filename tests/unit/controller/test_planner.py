@@ -16,6 +16,7 @@ from tests.unit.controller.builders import (
     LATER,
     NOW,
     OPTIONS,
+    adding,
     after,
     applied,
     condition,
@@ -24,6 +25,7 @@ from tests.unit.controller.builders import (
     gpu_node,
     inference_workspace,
     legacy_tuning,
+    make_workspace,
     multi_gpu_inference,
     node_for,
     one,
@@ -31,7 +33,6 @@ from tests.unit.controller.builders import (
     ready_claim,
     ready_statefulset,
     stored,
-    tuning_workspace,
     with_,
     with_status,
 )
@@ -101,6 +102,13 @@ def test_a_two_node_placement_gets_one_nodeclaim_per_node() -> None:
     names = [c["metadata"]["name"] for c in applied(result, "NodeClaim")]
     assert names == [nodeclaim_name("default", "llama", i) for i in range(2)]
     assert result.status is not None and result.status["targetNodeCount"] == 2
+
+
+def test_each_nodeclaim_creation_event_is_attached_to_the_claim_it_announces() -> None:
+    result = plan(multi_gpu_inference(), Observed(), OPTIONS, now=NOW)
+    claims = [("NodeClaim", c["metadata"]["name"]) for c in applied(result, "NodeClaim")]
+    announced = [e.subject for e in result.events if e.reason == "NodeClaimCreated"]
+    assert len(claims) == 2 and announced == claims
 
 
 def test_planning_again_after_a_restart_creates_no_duplicate_nodeclaims() -> None:
@@ -192,7 +200,7 @@ def test_existing_matching_nodes_reduce_the_nodeclaims_needed() -> None:
 
 
 def test_preferred_nodes_count_whatever_their_instance_type() -> None:
-    body = with_(multi_gpu_inference(), "resource.preferredNodes", ["big-1", "big-2"])
+    body = adding(multi_gpu_inference(), "resource.preferredNodes", ["big-1", "big-2"])
     nodes = tuple(gpu_node(n, instance_type="Other", gpus=2) for n in ("big-1", "big-2"))
     result = plan(body, Observed(nodes=nodes), OPTIONS, now=NOW)
     assert not applied(result, "NodeClaim")
@@ -253,7 +261,7 @@ def test_existing_nodes_mode_waits_without_matching_nodes() -> None:
 
 
 def test_the_target_node_count_is_frozen_once_written() -> None:
-    body = with_(multi_gpu_inference(), "status", {"targetNodeCount": 1})
+    body = adding(multi_gpu_inference(), "status", {"targetNodeCount": 1})
     result = plan(body, Observed(), OPTIONS, now=NOW)
     assert len(applied(result, "NodeClaim")) == 1
 
@@ -302,7 +310,7 @@ def test_an_existing_copy_of_the_template_is_left_alone() -> None:
 
 
 def test_a_missing_user_training_config_is_reported_and_retried() -> None:
-    body = with_(stored(tuning_workspace()), "tuning.config", "my-config")
+    body = stored(make_workspace("tune-phi-3").tuning().tuning_config("my-config").obj())
     body, observed = cluster_with_ready_nodes(body)
     result = plan(body, observed, OPTIONS, now=LATER)
     assert not applied(result, "Job")
@@ -494,7 +502,7 @@ def test_lost_nodes_make_inference_not_ready_but_keep_the_workload() -> None:
 def test_a_changed_inference_spec_rolls_the_statefulset() -> None:
     body, observed = serving(stored(inference_workspace()))
     current, _ = converge(body, observed)
-    changed = with_(
+    changed = adding(
         current,
         "inference.adapters",
         [{"source": {"name": "a1", "image": "registry.example.com/a1:1"}}],
@@ -515,7 +523,7 @@ def test_a_changed_inference_spec_rolls_the_statefulset() -> None:
 def test_a_metadata_only_change_keeps_the_revision() -> None:
     body, observed = serving(stored(inference_workspace()))
     current, _ = converge(body, observed)
-    relabelled = with_(current, "metadata.labels", {"team": "a"})
+    relabelled = adding(current, "metadata.labels", {"team": "a"})
     assert plan(relabelled, observed, OPTIONS, now=LATER).annotations == {}
 
 
@@ -526,7 +534,7 @@ def test_user_config_max_model_len_feeds_the_estimator() -> None:
             name="phi", preset="phi-3-mini-128k-instruct", instance_type="Standard_NC6s_v3"
         )
     )
-    body = with_(short, "inference.config", "long")
+    body = adding(short, "inference.config", "long")
     config = {"inference_config.yaml": "vllm:\n  max-model-len: 32768\n"}
     result = plan(body, Observed(config_maps={("default", "long"): config}), OPTIONS, now=NOW)
     default = plan(short, Observed(), OPTIONS, now=NOW)
@@ -551,7 +559,11 @@ def test_a_new_spec_gets_controller_revision_1_with_its_hash() -> None:
 
 
 def revised(body: JSON, observed: Observed, path: str, value: Any) -> tuple[JSON, Observed, Any]:
-    changed = with_(body, path, value)
+    """The body after a user changed `path` to `value` (added when it was not set yet)."""
+    try:
+        changed = with_(body, path, value)
+    except KeyError:
+        changed = adding(body, path, value)
     result = plan(changed, observed, OPTIONS, now=LATER)
     seen = dataclass_replace(
         observed, revisions=(*observed.revisions, *applied(result, "ControllerRevision"))
@@ -570,8 +582,9 @@ def test_a_reverted_spec_reuses_its_revision_number() -> None:
 
 def test_only_the_ten_newest_revisions_are_kept() -> None:
     body, observed = cluster_with_ready_nodes(stored(inference_workspace()))
-    for count in range(2, 12):
-        body, observed, result = revised(body, observed, "resource.count", count)
+    for index in range(2, 12):  # ten spec changes (a selector: no node limit in the way)
+        path = "resource.labelSelector.matchLabels.app"
+        body, observed, result = revised(body, observed, path, f"app-{index}")
     assert result.annotations["workspace.kaito.io/revision"] == "11"
     deleted = [d for d in result.delete if d.kind == "ControllerRevision"]
     oldest = min(observed.revisions, key=lambda r: r["revision"])
@@ -591,7 +604,7 @@ def test_an_unknown_preset_fails_the_workspace_permanently() -> None:
 
 
 def test_a_malformed_body_is_reported_not_raised() -> None:
-    body = with_(stored(inference_workspace()), "resource.count", "two")
+    body = adding(stored(inference_workspace()), "resource.count", "two")
     result = plan(body, Observed(), OPTIONS, now=NOW)
     assert result.error is not None and result.error.reason == "InvalidWorkspaceSpec"
     assert "resource.count" in result.error.message
@@ -599,7 +612,7 @@ def test_a_malformed_body_is_reported_not_raised() -> None:
 
 def test_deletion_deletes_the_nodeclaims_and_reports_only_deleting() -> None:
     body, observed = cluster_with_ready_nodes(multi_gpu_inference())
-    body = with_(body, "metadata.deletionTimestamp", LATER)
+    body = adding(body, "metadata.deletionTimestamp", LATER)
     result = plan(body, observed, OPTIONS, now=LATER)
     assert sorted(d.name for d in result.delete) == sorted(
         c["metadata"]["name"] for c in observed.nodeclaims
@@ -613,10 +626,16 @@ def test_conditions_keep_their_transition_time_while_their_status_holds() -> Non
     body = legacy_tuning()
     first = plan(body, Observed(), OPTIONS, now=NOW)
     claim = one(first, "NodeClaim")
-    second = plan(after(body, first), Observed(nodeclaims=(claim,)), OPTIONS, now=LATER)
-    assert (
-        second.status is None or condition(second.status, "NodesReady")["lastTransitionTime"] == NOW
-    )
+    unchanged = plan(after(body, first), Observed(nodeclaims=(claim,)), OPTIONS, now=LATER)
+    assert unchanged.status is None  # nothing changed: no status write at all
+    # The claim turns ready before its node joins: one condition flips, the others hold.
+    launched = Observed(nodeclaims=(ready_claim(claim),))
+    second = plan(after(body, first), launched, OPTIONS, now=LATER)
+    assert condition(second.status, "NodeClaimReady")["lastTransitionTime"] == LATER
+    assert condition(second.status, "NodesReady")["lastTransitionTime"] == NOW
+    resource = condition(second.status, "ResourceReady")
+    assert (resource["status"], resource["reason"]) == ("False", "NodeNotReady")
+    assert resource["lastTransitionTime"] == NOW  # a new reason under the same status
 
 
 def test_conditions_carry_the_current_generation() -> None:

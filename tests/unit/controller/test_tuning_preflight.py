@@ -13,6 +13,7 @@ from tests.unit.controller.builders import (
     LATER,
     NOW,
     OPTIONS,
+    adding,
     after,
     applied,
     condition,
@@ -143,7 +144,7 @@ def test_a_crashed_preflight_reports_the_tail_of_its_log() -> None:
 
 
 def test_the_skip_annotation_requests_the_node_at_once() -> None:
-    body = with_(fresh(), "metadata.annotations", {ANNOTATION_SKIP_PREFLIGHT: "true"})
+    body = adding(fresh(), "metadata.annotations", {ANNOTATION_SKIP_PREFLIGHT: "true"})
     result = plan(body, Observed(), OPTIONS, now=NOW)
     assert len(applied(result, "NodeClaim")) == 1
     assert not [j for j in applied(result, "Job") if j["metadata"]["name"].endswith("-preflight")]

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from kaito.local import HostInfo, LocalModeError, ServePlan, TuningPlan, plan_workspace
-from kaito.local.plan import volume_path
+from kaito.local.plan import MEMORY_HEADROOM, RUNTIME_OVERHEAD_GIB, volume_path
+from kaito.presets import get_preset
 
 LAPTOP = HostInfo(memory_gib=16.0)
 GPU_BOX = HostInfo(memory_gib=64.0, cuda_devices=1, gpu_memory_gib=80.0)
@@ -86,9 +87,28 @@ def test_a_gpu_preset_on_a_cpu_machine_is_refused_with_what_it_needs() -> None:
     assert "smollm2-135m-instruct" in str(info.value)
 
 
-def test_a_gpu_preset_passes_on_a_gpu_machine() -> None:
+def test_a_gpu_preset_is_served_on_a_gpu_machine() -> None:
     plan = plan_workspace(inference_workspace("phi-3-mini-128k-instruct"), host=GPU_BOX)
     assert isinstance(plan, ServePlan)
+    assert (plan.name, plan.preset.name, plan.adapters, plan.config_file, plan.warnings) == (
+        "serve-small",
+        "phi-3-mini-128k-instruct",
+        (),
+        None,
+        (),
+    )
+
+
+def test_a_gpu_preset_needs_its_weights_plus_headroom_in_gpu_memory_not_ram() -> None:
+    preset = get_preset("phi-3-mini-128k-instruct")
+    assert preset is not None
+    needed = preset.weights_gib * MEMORY_HEADROOM + RUNTIME_OVERHEAD_GIB
+    body = inference_workspace(preset.name)
+    exactly = HostInfo(memory_gib=1.0, cuda_devices=1, gpu_memory_gib=needed)
+    assert isinstance(plan_workspace(body, host=exactly), ServePlan)
+    short = HostInfo(memory_gib=512.0, cuda_devices=1, gpu_memory_gib=needed - 0.1)
+    with pytest.raises(LocalModeError, match=f"needs about {needed:.1f} GiB"):
+        plan_workspace(body, host=short)
 
 
 def test_too_little_memory_is_refused() -> None:

@@ -19,9 +19,10 @@ from kaito.presets.validation import (
 
 from ..api.builders import (
     Body,
-    adapter,
+    adding,
     inference_workspace,
     legacy_tuning_workspace,
+    make_workspace,
     tuning_workspace,
     with_,
     without,
@@ -115,27 +116,33 @@ def test_an_instance_too_small_for_the_model_is_rejected_with_a_fix() -> None:
 
 
 def test_the_bypass_annotation_skips_memory_checks() -> None:
-    body = with_(
-        inference_workspace(preset="phi-4", instance_type="Standard_NC6s_v3"),
-        "metadata.annotations",
-        {"kaito.sh/bypass-resource-checks": "True"},
+    body = (
+        make_workspace("serve-phi-3")
+        .inference("phi-4")
+        .instance_type("Standard_NC6s_v3")
+        .annotation("kaito.sh/bypass-resource-checks", "True")
+        .obj()
     )
     assert validate_workspace(body) == []
 
 
 def test_more_nodes_make_enough_total_memory_for_transformers() -> None:
-    body = with_(
-        inference_workspace(preset="phi-4", instance_type="Standard_NC6s_v3"), "resource.count", 2
+    body = (
+        make_workspace("serve-phi-3")
+        .inference("phi-4")
+        .instance_type("Standard_NC6s_v3")
+        .count(2)
+        .runtime("transformers")
+        .obj()
     )
-    body = with_(body, "metadata.annotations", {"kaito.sh/runtime": "transformers"})
     assert validate_workspace(body) == []
 
 
 def test_a_vllm_placement_needing_several_nodes_is_refused_naming_a_single_node_sku() -> None:
     # phi-4 needs 3 V100s; vLLM runs on one node, so admission names SKUs that hold it alone.
-    body = with_(
-        inference_workspace(preset="phi-4", instance_type="Standard_NC6s_v3"), "resource.count", 2
-    )
+    body = (
+        make_workspace("serve-phi-3").inference("phi-4").instance_type("Standard_NC6s_v3").count(2)
+    ).obj()
     text = messages(body)
     assert "3 nodes of Standard_NC6s_v3" in text and "single node" in text
     assert "e.g. Standard_NV72ads_A10_v5" in text
@@ -148,18 +155,15 @@ def test_a_vllm_placement_on_one_node_of_several_gpus_is_admitted() -> None:
 
 
 def test_vllm_rejects_adapter_strength_but_transformers_takes_it() -> None:
-    body = with_(inference_workspace(), "inference.adapters", [adapter(strength="0.5")])
+    builder = make_workspace("serve-phi-3").inference().adapter(strength="0.5")
+    body = builder.obj()
     assert fields(body) == ["inference.adapters[0].strength"]
-    on_transformers = with_(body, "metadata.annotations", {"kaito.sh/runtime": "transformers"})
+    on_transformers = builder.runtime("transformers").obj()
     assert validate_workspace(on_transformers) == []
 
 
 def test_a_runtime_the_preset_lacks_is_rejected() -> None:
-    body = with_(
-        inference_workspace(preset="phi-4-mini-instruct"),
-        "metadata.annotations",
-        {"kaito.sh/runtime": "transformers"},
-    )
+    body = make_workspace("serve").inference("phi-4-mini-instruct").runtime("transformers").obj()
     assert fields(body) == ["metadata.annotations[kaito.sh/runtime]"]
 
 
@@ -182,7 +186,8 @@ def test_the_cpu_preset_is_served_by_transformers_without_a_gpu_sku() -> None:
     ],
 )
 def test_names_and_annotations_are_checked(path: str, value: object, field: str) -> None:
-    assert any(f.startswith(field) for f in fields(with_(inference_workspace(), path, value)))
+    change = with_ if path == "metadata.name" else adding
+    assert any(f.startswith(field) for f in fields(change(inference_workspace(), path, value)))
 
 
 @pytest.mark.parametrize(
@@ -203,16 +208,14 @@ def test_dataset_urls_to_internal_hosts_are_blocked(url: str) -> None:
 
 
 def test_v1beta1_auth_models_need_a_model_access_secret() -> None:
-    body = inference_workspace(preset="llama-3.1-8b-instruct")
-    assert fields(body) == ["inference.preset.modelAccessSecret"]
-    assert validate_workspace(with_(body, "inference.preset.modelAccessSecret", "hf-token")) == []
+    builder = make_workspace("serve").inference("llama-3.1-8b-instruct")
+    assert fields(builder.obj()) == ["inference.preset.modelAccessSecret"]
+    assert validate_workspace(builder.model_access_secret("hf-token").obj()) == []
 
 
 def test_models_not_downloaded_at_runtime_take_no_access_secret() -> None:
-    body = with_(
-        inference_workspace(preset="smollm2-135m-instruct"),
-        "inference.preset.modelAccessSecret",
-        "hf",
+    body = (
+        make_workspace("serve").inference("smollm2-135m-instruct").model_access_secret("hf").obj()
     )
     assert fields(body) == ["inference.preset.modelAccessSecret"]
 
@@ -254,13 +257,13 @@ def training(config: str) -> dict[str, str]:
 def test_training_configs_are_checked_against_the_method(
     method: str, config: str, problem: str
 ) -> None:
-    body = with_(tuning_workspace(method=method), "tuning.config", "my-config")
+    body = make_workspace("tune").tuning(method=method).tuning_config("my-config").obj()
     text = messages(body, config_map_lookup=lookup_with("my-config", training(config)))
     assert "tuning.config" in text and problem in text
 
 
 def test_a_missing_user_config_map_is_reported_with_its_namespace() -> None:
-    body = with_(tuning_workspace(), "tuning.config", "nope")
+    body = make_workspace("tune").tuning().tuning_config("nope").obj()
     text = messages(body, config_map_lookup=offline_config_map_lookup())
     assert "'nope' not found in namespace 'default'" in text
 
@@ -279,7 +282,7 @@ def test_default_templates_are_found_in_the_release_namespace() -> None:
 
 
 def test_inference_config_max_model_len_is_bounded_by_the_model() -> None:
-    body = with_(inference_workspace(), "inference.config", "cfg")
+    body = make_workspace("serve").inference().inference_config("cfg").obj()
     too_long = {"inference_config.yaml": "vllm:\n  max-model-len: 999999\n"}
     assert "exceeds" in messages(body, config_map_lookup=lookup_with("cfg", too_long))
     fine = {"inference_config.yaml": "vllm:\n  max-model-len: 4096\n"}
@@ -287,7 +290,7 @@ def test_inference_config_max_model_len_is_bounded_by_the_model() -> None:
 
 
 def test_structure_errors_come_first_and_stop_nothing_else() -> None:
-    body = with_(tuning_workspace(preset="llama-3.1-8b-instruct"), "resource.count", 3)
+    body = adding(tuning_workspace(preset="llama-3.1-8b-instruct"), "resource.count", 3)
     assert set(fields(body)) == {"resource.count", "tuning.preset.name"}
 
 
@@ -300,7 +303,7 @@ def test_sku_suggestions_are_the_smallest_that_fit_on_one_node() -> None:
 def test_updates_that_leave_the_spec_alone_skip_catalog_checks() -> None:
     # E.g. the controller adding a finalizer to a Workspace whose preset left the catalog.
     old = inference_workspace(preset="phi-4", instance_type="Standard_NC6s_v3")
-    new = with_(old, "metadata.finalizers", ["workspace.finalizer.kaito.sh"])
+    new = adding(old, "metadata.finalizers", ["workspace.finalizer.kaito.sh"])
     assert validate_workspace(new) != []
     assert validate_workspace(new, old=old) == []
 

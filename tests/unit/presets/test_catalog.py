@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from kaito.presets import CatalogError, default_catalog, get_preset, load_catalog, select_runtime
+from kaito.api.workspace import parse_workspace
+from kaito.manifests.context import resolve
+from kaito.manifests.inference import inference_flags
+from kaito.manifests.options import ClusterOptions
+from kaito.presets import (
+    CatalogError,
+    default_catalog,
+    default_skus,
+    get_preset,
+    load_catalog,
+    select_runtime,
+)
+from tests.unit.api.builders import make_workspace
+from tests.unit.controller.builders import stored
 
 UPSTREAM_PRESETS = [
     "phi-4",
@@ -173,10 +186,26 @@ def test_a_catalog_entry_with_an_unknown_runtime_is_rejected() -> None:
         load_catalog(text)
 
 
-def test_every_preset_can_be_resolved_for_each_of_its_runtimes() -> None:
+def test_every_preset_resolves_for_each_of_its_runtimes_with_its_own_arguments() -> None:
+    # On the largest GPU SKU (a CPU one for CPU presets) every (preset, runtime) pair resolves
+    # to a workload whose server command carries that runtime's arguments from the catalog.
+    biggest = max((s for s in default_skus() if s.cloud == "azure"), key=lambda s: s.gpu_memory_gib)
     for preset in default_catalog():
         for runtime in preset.runtimes:
-            args = preset.transformers_args if runtime == "transformers" else preset.vllm_args
-            assert isinstance(dict(args), dict), (preset.name, runtime)
+            body = (
+                make_workspace("w")
+                .inference(preset.name)
+                .instance_type("Standard_D4s_v3" if preset.cpu else biggest.name)
+                .runtime(runtime)
+                .obj()
+            )
+            ctx = resolve(parse_workspace(stored(body)), ClusterOptions())
+            flags = inference_flags(ctx)
+            assert (ctx.runtime, flags["engine"]) == (runtime, runtime), preset.name
+            if runtime == "vllm":
+                args = {k.replace("_", "-"): v for k, v in preset.vllm_args.items()}
+            else:
+                args = dict(preset.transformers_args)
+            assert {k: flags.get(k) for k in args} == args, (preset.name, runtime)
         if "transformers" in preset.runtimes and preset.family not in ("llama", "smollm"):
             assert preset.transformers_args or preset.deprecated, preset.name

@@ -21,7 +21,7 @@ from kaito.presets import (
 from kaito.presets.catalog import Preset
 from kaito.presets.skus import Sku
 
-from ..api.builders import inference_workspace, tuning_workspace, with_
+from ..api.builders import make_workspace, tuning_workspace
 
 
 def preset(name: str) -> Preset:
@@ -124,7 +124,7 @@ def test_target_node_count_is_one_for_tuning() -> None:
 
 def test_target_node_count_follows_the_estimator_for_vllm_and_count_for_transformers() -> None:
     workspace = parse_workspace(
-        with_(inference_workspace(preset="llama-3.3-70b-instruct"), "resource.count", 2)
+        make_workspace("serve").inference("llama-3.3-70b-instruct").count(2).obj()
     )
     a100 = sku("Standard_NC24ads_A100_v4")
     llama = preset("llama-3.3-70b-instruct")

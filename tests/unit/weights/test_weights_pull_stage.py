@@ -22,22 +22,16 @@ from kaito.manifests.weights import (
 )
 from kaito.presets import Preset, default_catalog
 from kaito.presets.catalog import preset_from_dict
-from tests.unit.controller.builders import (
-    OPTIONS,
-    inference_workspace,
-    stored,
-    tuning_workspace,
-    with_,
-)
+from tests.unit.api.builders import inference_workspace, make_workspace, tuning_workspace
+from tests.unit.controller.builders import OPTIONS, stored
 
 JSON = dict[str, Any]
 IMAGE = "registry.example.com/kaito/phi-3-mini-4k-instruct:0.2.0"
 
 
 def _workspace(**options: Any) -> Any:
-    body = inference_workspace()
-    if options:
-        body = with_(body, "inference.preset.presetOptions", options)
+    builder = make_workspace("serve-phi-3").inference()
+    body = (builder.preset_options(**options) if options else builder).obj()
     return parse_workspace(stored(body))
 
 
@@ -110,10 +104,11 @@ def test_secrets_already_on_the_pod_are_not_repeated() -> None:
 
 
 def test_an_inference_workspace_with_a_weights_image_pulls_it_with_its_secret_and_cache() -> None:
-    body = with_(
-        inference_workspace(),
-        "inference.preset.presetOptions",
-        {"image": IMAGE, "imagePullSecrets": ["acr"]},
+    body = (
+        make_workspace("serve-phi-3")
+        .inference()
+        .preset_options(image=IMAGE, imagePullSecrets=["acr"])
+        .obj()
     )
     ctx = resolve(parse_workspace(stored(body)), OPTIONS)
     spec = build_statefulset(ctx)["spec"]["template"]["spec"]
@@ -127,7 +122,7 @@ def test_an_inference_workspace_with_a_weights_image_pulls_it_with_its_secret_an
 
 
 def test_a_tuning_job_whose_preset_names_a_weights_image_tunes_the_pulled_weights() -> None:
-    body = with_(tuning_workspace(), "tuning.preset.presetOptions", {"image": IMAGE})
+    body = make_workspace("tune-phi-3").tuning().preset_options(image=IMAGE).obj()
     ctx = resolve(parse_workspace(stored(body)), OPTIONS)
     spec = build_job(ctx)["spec"]["template"]["spec"]
     assert spec["initContainers"][0]["name"] == INIT_NAME
@@ -147,7 +142,7 @@ def _weights_mounts(spec: JSON) -> dict[str, JSON]:
 
 
 def test_only_the_puller_may_write_the_weights_that_link_to_the_node_cache() -> None:
-    body = with_(inference_workspace(), "inference.preset.presetOptions", {"image": IMAGE})
+    body = make_workspace("serve-phi-3").inference().preset_options(image=IMAGE).obj()
     spec = build_statefulset(resolve(parse_workspace(stored(body)), OPTIONS))["spec"]
     mounts = _weights_mounts(spec["template"]["spec"])
     assert not mounts.pop(INIT_NAME).get("readOnly")
@@ -155,7 +150,7 @@ def test_only_the_puller_may_write_the_weights_that_link_to_the_node_cache() -> 
 
 
 def test_a_tuner_on_pulled_weights_keeps_its_caches_out_of_the_read_only_weights() -> None:
-    body = with_(tuning_workspace(), "tuning.preset.presetOptions", {"image": IMAGE})
+    body = make_workspace("tune-phi-3").tuning().preset_options(image=IMAGE).obj()
     spec = build_job(resolve(parse_workspace(stored(body)), OPTIONS))["spec"]["template"]["spec"]
     mounts = _weights_mounts(spec)
     assert not mounts.pop(INIT_NAME).get("readOnly")
