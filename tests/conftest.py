@@ -11,10 +11,16 @@ from typing import Any
 
 import pytest
 
+from kaito.devcluster.controlplane import SERVICE_CIDR
+from kaito.devcluster.realnode import NODE_NETWORK
+
 TIERS = ("unit", "runtime", "cluster", "e2e", "bench")
 # The session control plane and its fixtures, shared by tests/cluster and tests/e2e (one instance).
 pytest_plugins = ["tests.conftest_cluster"]
 LOOPBACK_NAMES = {"localhost", "ip6-localhost", "ip6-loopback"}
+# Besides loopback, tests may reach exactly what the test cluster creates on this machine: the
+# real node's bridge and pod network, and the Service range kube-proxy routes.
+CLUSTER_NETWORKS = (ipaddress.ip_network(NODE_NETWORK), ipaddress.ip_network(SERVICE_CIDR))
 
 # Offline before any library is imported by a test: nothing may fetch from a model hub.
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
@@ -23,7 +29,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 class NetworkGuardError(RuntimeError):
-    """A test tried to reach an address beyond loopback."""
+    """A test tried to reach an address beyond loopback and the test cluster's networks."""
 
 
 def is_loopback_host(host: object) -> bool:
@@ -41,12 +47,30 @@ def is_loopback_host(host: object) -> bool:
     return address.is_loopback or address.is_unspecified
 
 
+def is_cluster_host(host: object) -> bool:
+    """An IPv4 address in the node bridge/pod network or the Service range of the test cluster."""
+    if not isinstance(host, str):
+        return False
+    try:
+        address = ipaddress.ip_address(host.strip("[]").split("%")[0])
+    except ValueError:
+        return False
+    return any(address in network for network in CLUSTER_NETWORKS)
+
+
+def is_allowed_host(host: object) -> bool:
+    return is_loopback_host(host) or is_cluster_host(host)
+
+
 def _guard_address(family: int, address: Any) -> None:
     if family == getattr(socket, "AF_UNIX", None):
         return
     host = address[0] if isinstance(address, tuple) and address else address
-    if not is_loopback_host(host):
-        raise NetworkGuardError(f"tests may only connect to loopback; refused {address!r}")
+    if not is_allowed_host(host):
+        raise NetworkGuardError(
+            f"tests may only connect to loopback and the test cluster's networks; "
+            f"refused {address!r}"
+        )
 
 
 def install_network_guard() -> Callable[[], None]:
@@ -64,7 +88,7 @@ def install_network_guard() -> Callable[[], None]:
         return real_connect_ex(self, address)
 
     def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
-        if host is not None and not is_loopback_host(host):
+        if host is not None and not is_allowed_host(host):
             raise NetworkGuardError(f"tests may only resolve loopback names; refused {host!r}")
         return real_getaddrinfo(host, *args, **kwargs)
 

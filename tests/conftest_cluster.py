@@ -21,8 +21,19 @@ from kaito.devcluster import (
     install_nodeclaim_crd,
     kubectl_path,
 )
+from kaito.devcluster.controlplane import LOOPBACK
+from kaito.devcluster.realnode import (
+    NODE_IP,
+    HostClaim,
+    RealNode,
+    claim_host,
+    host_leftovers,
+    missing_prerequisites,
+    release_host,
+)
 
 REQUIRE_ENV = "KAITO_REQUIRE_CLUSTER"
+REAL_NODE_FIXTURE = "real_node"
 
 
 class Kubectl(Protocol):
@@ -33,8 +44,39 @@ class Kubectl(Protocol):
     ) -> subprocess.CompletedProcess[str]: ...
 
 
+def _skip_or_fail(message: str) -> None:
+    # CI sets this so a broken build can never pass as a run of skipped tests.
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+def real_node_host(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[HostClaim | None]:
+    """The machine's real-node lock and bridge, when a collected test uses `real_node`.
+
+    The apiserver must listen on the bridge for pods to reach it, so this is decided before the
+    session's control plane starts; sessions without such a test keep it on loopback.
+    """
+    wanted = any(
+        REAL_NODE_FIXTURE in getattr(item, "fixturenames", ()) for item in request.session.items
+    )
+    if not wanted or missing_prerequisites():
+        yield None
+        return
+    claim = claim_host(tmp_path_factory.mktemp("real-node"))
+    yield claim
+    problems = release_host(claim)
+    leftovers = host_leftovers(claim.record)
+    assert not problems and not leftovers, f"the real node left {problems + leftovers}"
+
+
+@pytest.fixture(scope="session")
+def control_plane(
+    tmp_path_factory: pytest.TempPathFactory, real_node_host: HostClaim | None
+) -> Iterator[ControlPlane]:
     """etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok, started once."""
     binaries = find_binaries()
     missing = binaries.missing()
@@ -43,13 +85,27 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
             f"control plane not built in {binaries.directory} (missing {', '.join(missing)}); "
             "run hack/build-control-plane.sh"
         )
-        # CI sets this so a broken build can never pass as a run of skipped tests.
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    plane = ControlPlane(tmp_path_factory.mktemp("control-plane"), binaries)
+        _skip_or_fail(message)
+    bind = LOOPBACK if real_node_host is None else NODE_IP
+    plane = ControlPlane(tmp_path_factory.mktemp("control-plane"), binaries, bind_address=bind)
     with plane:
         yield plane
+
+
+@pytest.fixture(scope="session")
+def real_node(real_node_host: HostClaim | None, control_plane: ControlPlane) -> Iterator[RealNode]:
+    """A real kubelet + containerd node in the session cluster (tainted, see realnode.py)."""
+    if real_node_host is None:
+        missing = missing_prerequisites()
+        _skip_or_fail(
+            f"no real node: missing {', '.join(missing)}; run tools/setup.d/50-real-node.sh"
+        )
+    assert real_node_host is not None
+    node = RealNode(control_plane, Path(real_node_host.record["workdir"]), real_node_host)
+    node.start()
+    print(f"real node Ready in {node.startup_s:.1f} s")
+    yield node
+    node.stop()
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -150,3 +151,42 @@ def oci_registry_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loca
         tmp_path_factory.mktemp("registry-auth"), username="kaito", password="s3cret"
     ) as registry:
         yield registry
+
+
+def push_image(
+    registry: LocalRegistry, repository: str, tag: str, config: bytes, layers: list[bytes]
+) -> str:
+    """Push an image (config plus uncompressed tar layers) with the registry API; its ref."""
+    auth = (registry.username, registry.password or "") if registry.username is not None else None
+    base = f"http://{registry.host}/v2/{repository}"
+
+    def blob(data: bytes) -> dict[str, object]:
+        digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+        started = httpx.post(f"{base}/blobs/uploads/", auth=auth, timeout=30)
+        started.raise_for_status()
+        location = started.headers["Location"]
+        if location.startswith("/"):
+            location = f"http://{registry.host}{location}"
+        separator = "&" if "?" in location else "?"
+        httpx.put(
+            f"{location}{separator}digest={digest}", content=data, auth=auth, timeout=60
+        ).raise_for_status()
+        return {"digest": digest, "size": len(data)}
+
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **blob(config)},
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", **blob(layer)}
+            for layer in layers
+        ],
+    }
+    httpx.put(
+        f"{base}/manifests/{tag}",
+        content=json.dumps(manifest).encode(),
+        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+        auth=auth,
+        timeout=30,
+    ).raise_for_status()
+    return registry.ref(repository, tag)

@@ -32,7 +32,7 @@ class ApiError(RuntimeError):
 
 @dataclass
 class ApiClient:
-    """Talks to https://127.0.0.1:<port> with a client certificate; one connection per call."""
+    """Talks to https://<host>:<port> with a client certificate; one connection per call."""
 
     host: str
     port: int

@@ -26,6 +26,7 @@ from kaito.devcluster.pki import CertPair, ClusterPKI, generate_pki
 from kaito.devcluster.process import Process, group_alive, stop_groups
 
 CONTEXT_NAME = "kaito-dev"
+LOOPBACK = "127.0.0.1"
 STATE_FILE = "state.json"
 SERVICE_CIDR = "10.0.0.0/24"
 # Nodes carrying this annotation are the ones kwok pretends to be the kubelet for.
@@ -95,6 +96,10 @@ class ControlPlane:
     workdir: Path
     binaries: Binaries = field(default_factory=find_binaries)
     detach: bool = False
+    # Where the apiserver listens and what it advertises. Loopback (the default) keeps the cluster
+    # private to this machine; a real node's bridge address (see realnode.py) lets pods reach it
+    # through the `kubernetes` Service. Every client then uses that address.
+    bind_address: str = LOOPBACK
     ports: Ports = field(default_factory=Ports)
     processes: list[Process] = field(default_factory=list)
     startup_s: float | None = None
@@ -110,7 +115,7 @@ class ControlPlane:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.ports.apiserver}"
+        return f"https://{self.bind_address}:{self.ports.apiserver}"
 
     @property
     def log_dir(self) -> Path:
@@ -125,7 +130,9 @@ class ControlPlane:
     def client(self, identity: str = "admin") -> ApiClient:
         """A REST client authenticated as one of the generated identities (admin by default)."""
         pair = self.pki.clients[identity]
-        return ApiClient("127.0.0.1", self.ports.apiserver, self.pki.ca.cert, pair.cert, pair.key)
+        return ApiClient(
+            self.bind_address, self.ports.apiserver, self.pki.ca.cert, pair.cert, pair.key
+        )
 
     def env(self) -> dict[str, str]:
         """Environment for subprocesses (kubectl, helm, the operator) that targets this cluster."""
@@ -166,7 +173,8 @@ class ControlPlane:
         self.log_dir.mkdir(exist_ok=True)
         # Data left by a cluster that died unstopped was written under another PKI; start clean.
         shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
-        self._pki = generate_pki(self.workdir / "pki")
+        extra = () if self.bind_address == LOOPBACK else (self.bind_address,)
+        self._pki = generate_pki(self.workdir / "pki", extra)
         self._write_kubeconfigs()
         deadline = began + timeout_s
         try:
@@ -275,14 +283,26 @@ class ControlPlane:
 
     def _apiserver_args(self) -> list[str]:
         pki = self.pki
-        return [
-            f"--etcd-servers=http://127.0.0.1:{self.ports.etcd_client}",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={self.ports.apiserver}",
+        if self.bind_address == LOOPBACK:
             # Without an advertise address the apiserver looks for a default route, which a
             # sandbox may lack; loopback makes the `kubernetes` Endpoints invalid, hence "none".
-            "--advertise-address=127.0.0.1",
-            "--endpoint-reconciler-type=none",
+            endpoints = ["--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none"]
+        else:
+            # The `kubernetes` Service's endpoint: what pods on a real node connect to.
+            endpoints = [f"--advertise-address={self.bind_address}"]
+        kubelet_client = pki.clients["kubelet-client"]
+        return [
+            f"--etcd-servers=http://127.0.0.1:{self.ports.etcd_client}",
+            f"--bind-address={self.bind_address}",
+            f"--secure-port={self.ports.apiserver}",
+            *endpoints,
+            # Logs, exec and port-forward reach a real kubelet with a client certificate (the
+            # kubelet authorizes it by webhook) and check the kubelet's serving certificate;
+            # node names do not resolve here, so the apiserver dials the node's InternalIP.
+            f"--kubelet-client-certificate={kubelet_client.cert}",
+            f"--kubelet-client-key={kubelet_client.key}",
+            f"--kubelet-certificate-authority={pki.ca.cert}",
+            "--kubelet-preferred-address-types=InternalIP",
             f"--cert-dir={self.workdir / 'pki'}",
             f"--tls-cert-file={pki.apiserver.cert}",
             f"--tls-private-key-file={pki.apiserver.key}",
@@ -303,7 +323,7 @@ class ControlPlane:
         context = ssl.create_default_context(cafile=str(self.pki.ca.cert))
         admin = self.pki.clients["admin"]
         context.load_cert_chain(str(admin.cert), str(admin.key))
-        url = f"https://127.0.0.1:{self.ports.apiserver}/readyz"
+        url = f"https://{self.bind_address}:{self.ports.apiserver}/readyz"
         with urllib.request.urlopen(url, context=context, timeout=5) as response:
             return bool(response.status == 200)
 
@@ -381,6 +401,7 @@ class ControlPlane:
             "startup_s": self.startup_s,
             "startup_phases": self.startup_phases,
             "binaries": str(self.binaries.directory),
+            "bind_address": self.bind_address,
         }
         (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=2))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,12 +36,17 @@ class ClusterPKI:
     clients: dict[str, CertPair]
 
 
+KUBELET_CLIENT_USER = "kube-apiserver-kubelet-client"
+
 # Identities the bootstrap RBAC policy already binds; kwok and tests act as cluster admin.
 CLIENT_IDENTITIES: dict[str, tuple[str, list[str]]] = {
     "admin": ("kaito-admin", ["system:masters"]),
     "kube-controller-manager": ("system:kube-controller-manager", []),
     "kube-scheduler": ("system:kube-scheduler", []),
     "kwok": ("kwok-controller", ["system:masters"]),
+    # The apiserver's identity towards kubelets (logs, exec, port-forward); bound to the
+    # bootstrap role system:kubelet-api-admin when a real node joins.
+    "kubelet-client": (KUBELET_CLIENT_USER, []),
 }
 
 
@@ -86,28 +92,89 @@ def _builder(
     )
 
 
-def generate_pki(directory: Path) -> ClusterPKI:
-    """Write a CA, the apiserver serving pair, client pairs and the service-account key pair."""
+_CA_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
+# Every name a client may use for the apiserver: loopback, the `kubernetes` Service (its
+# ClusterIP and DNS names, what pods use).
+APISERVER_SANS = (
+    "localhost",
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    "kubernetes.default.svc.cluster.local",
+    "127.0.0.1",
+    "::1",
+    "10.0.0.1",
+)
+
+
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def issue_certificate(
+    ca: CertPair,
+    stem: Path,
+    common_name: str,
+    organizations: list[str] | None = None,
+    *,
+    server_names: Sequence[str] = (),
+    client: bool = True,
+) -> CertPair:
+    """Sign a fresh key pair with the cluster CA; `stem`.crt/.key. Server auth when named."""
+    ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = _ec_key()
+    usages = []
+    if server_names:
+        usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
+    if client:
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+    builder = (
+        _builder(_name(common_name, organizations), ca_cert.subject, key.public_key())
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+    )
+    if server_names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([_san(n) for n in dict.fromkeys(server_names)]),
+            critical=False,
+        )
+    pair = CertPair(stem.with_suffix(".crt"), stem.with_suffix(".key"))
+    _write_cert(pair.cert, builder.sign(ca_key, hashes.SHA256()))
+    _write_key(pair.key, key)
+    return pair
+
+
+def generate_pki(directory: Path, extra_server_names: Sequence[str] = ()) -> ClusterPKI:
+    """Write a CA, the apiserver serving pair, client pairs and the service-account key pair.
+
+    `extra_server_names` are further addresses the apiserver serves on (a real node's bridge).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = _ec_key()
     ca_name = _name("kaito-dev-ca")
     ca_cert = (
         _builder(ca_name, ca_name, ca_key.public_key())
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_CA_USAGE, critical=True)
         .add_extension(
             x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
         )
@@ -117,46 +184,15 @@ def generate_pki(directory: Path) -> ClusterPKI:
     _write_cert(ca.cert, ca_cert)
     _write_key(ca.key, ca_key)
 
-    def issue(stem: str, subject: x509.Name, *, server: bool, client: bool) -> CertPair:
-        key = _ec_key()
-        usages = []
-        if server:
-            usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
-        if client:
-            usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
-        builder = (
-            _builder(subject, ca_name, key.public_key())
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                critical=False,
-            )
-        )
-        if server:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [
-                        x509.DNSName("localhost"),
-                        x509.DNSName("kubernetes"),
-                        x509.DNSName("kubernetes.default"),
-                        x509.DNSName("kubernetes.default.svc"),
-                        x509.DNSName("kubernetes.default.svc.cluster.local"),
-                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                        x509.IPAddress(ipaddress.ip_address("::1")),
-                        x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
-                    ]
-                ),
-                critical=False,
-            )
-        pair = CertPair(directory / f"{stem}.crt", directory / f"{stem}.key")
-        _write_cert(pair.cert, builder.sign(ca_key, hashes.SHA256()))
-        _write_key(pair.key, key)
-        return pair
-
-    apiserver = issue("apiserver", _name("kube-apiserver"), server=True, client=False)
+    apiserver = issue_certificate(
+        ca,
+        directory / "apiserver",
+        "kube-apiserver",
+        server_names=(*APISERVER_SANS, *extra_server_names),
+        client=False,
+    )
     clients = {
-        stem: issue(stem, _name(cn, groups), server=False, client=True)
+        stem: issue_certificate(ca, directory / stem, cn, groups)
         for stem, (cn, groups) in CLIENT_IDENTITIES.items()
     }
 

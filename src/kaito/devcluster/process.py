@@ -42,6 +42,7 @@ class Process:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         detach: bool = False,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -58,6 +59,8 @@ class Process:
             cwd=cwd,
             start_new_session=True,
             preexec_fn=None if detach else _die_with_parent,
+            # A lock the child must hold for as long as it lives (the real node's).
+            pass_fds=tuple(pass_fds),
         )
         self.pid = self.popen.pid
         if not detach:

@@ -1,0 +1,3 @@
+module local.test/kaito-node-images
+
+go 1.24
