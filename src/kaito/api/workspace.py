@@ -28,6 +28,9 @@ ANNOTATION_ENABLE_LB = "kaito.sh/enablelb"
 ANNOTATION_PERFORMANCE_MODE = "kaito.sh/performance-mode"
 ANNOTATION_USE_LOCAL_WEIGHTS = "kaito.sh/use-local-weights"
 ANNOTATION_DISABLE_BENCHMARK = "kaito.sh/disable-benchmark"
+# Name of a Secret in the Workspace's namespace whose `api-key` entry the inference server
+# requires as a bearer token (docs/api.md).
+ANNOTATION_API_KEY_SECRET = "kaito.sh/api-key-secret"
 
 DEFAULT_LORA_CONFIG = "lora-params-template"
 DEFAULT_QLORA_CONFIG = "qlora-params-template"

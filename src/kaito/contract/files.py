@@ -26,6 +26,12 @@ INFERENCE_CONFIG_PATH = f"{CONFIG_MOUNT}/{INFERENCE_CONFIG_FILE}"
 # the same name, passed to the data-downloader container (docs/tuning.md).
 TUNING_ALLOWED_HOSTS_ENV = "KAITO_TUNING_ALLOWED_HOSTS"
 
+# The inference server's API key: the Secret entry the operator mounts, and where it lands
+# (the server reads it with --api-key-file; the key never appears in args or env).
+API_KEY_SECRET_KEY = "api-key"
+API_KEY_DIR = "/etc/kaito/api-key"
+API_KEY_PATH = f"{API_KEY_DIR}/{API_KEY_SECRET_KEY}"
+
 
 def under_mount_root(value: str) -> str | None:
     """`value` (relative paths under MOUNT_ROOT) as a normalized path strictly inside

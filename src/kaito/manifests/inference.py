@@ -6,9 +6,12 @@ import copy
 import math
 from collections.abc import Mapping
 
-from kaito.api.workspace import ANNOTATION_ENABLE_LB, AdapterSpec
+from kaito.api.workspace import ANNOTATION_API_KEY_SECRET, ANNOTATION_ENABLE_LB, AdapterSpec
 from kaito.contract.files import (
     ADAPTER_DIR,
+    API_KEY_DIR,
+    API_KEY_PATH,
+    API_KEY_SECRET_KEY,
     CONFIG_MOUNT,
     INFERENCE_CONFIG_FILE,
     INFERENCE_CONFIG_PATH,
@@ -109,6 +112,21 @@ def gpu_memory_utilization(ctx: WorkspaceContext) -> str:
     return "0.82" if "a10" in ctx.sku.gpu_model.lower().split() else "0.84"
 
 
+def api_key_secret(ctx: WorkspaceContext) -> str | None:
+    """The Secret holding the server's API key (annotation `kaito.sh/api-key-secret`)."""
+    return ctx.workspace.annotations.get(ANNOTATION_API_KEY_SECRET, "").strip() or None
+
+
+def _api_key_volume(ctx: WorkspaceContext) -> tuple[list[JSON], list[JSON]]:
+    """(volumes, mounts) putting the Secret's key at API_KEY_PATH, read-only."""
+    secret = api_key_secret(ctx)
+    if secret is None:
+        return [], []
+    items = [{"key": API_KEY_SECRET_KEY, "path": API_KEY_SECRET_KEY}]
+    volume = {"name": "api-key-secret", "secret": {"secretName": secret, "items": items}}
+    return [volume], [{"name": "api-key-secret", "mountPath": API_KEY_DIR, "readOnly": True}]
+
+
 def inference_flags(ctx: WorkspaceContext) -> dict[str, str]:
     """The flags of `python -m kaito.runtime.inference` for the resolved preset and engine."""
     preset = ctx.preset
@@ -122,6 +140,8 @@ def inference_flags(ctx: WorkspaceContext) -> dict[str, str]:
     }
     if _adapters(ctx):
         flags["adapter-dir"] = ADAPTER_DIR
+    if api_key_secret(ctx):
+        flags["api-key-file"] = API_KEY_PATH
     if ctx.runtime == "vllm":
         for key, value in preset.vllm_args.items():
             flags[key.replace("_", "-")] = value
@@ -237,6 +257,7 @@ def build_pod_template(ctx: WorkspaceContext) -> JSON:
     assert preset is not None
     command, args = inference_command(ctx)
     inits, adapter_volumes, adapter_mounts, adapter_env = _adapter_parts(ctx)
+    key_volumes, key_mounts = _api_key_volume(ctx)
     env: list[JSON] = []
     if ctx.runtime == "vllm":
         env += [
@@ -274,6 +295,7 @@ def build_pod_template(ctx: WorkspaceContext) -> JSON:
             {"name": "model-weights-volume", "mountPath": WEIGHTS_DIR},
             {"name": "config-volume", "mountPath": CONFIG_MOUNT},
             *adapter_mounts,
+            *key_mounts,
         ],
     }
     volumes: list[JSON] = [
@@ -281,6 +303,7 @@ def build_pod_template(ctx: WorkspaceContext) -> JSON:
         {"name": "model-weights-volume", "emptyDir": {}},
         {"name": "config-volume", "configMap": {"name": config_map_name(ctx)}},
         *adapter_volumes,
+        *key_volumes,
     ]
     spec: JSON = {
         "containers": [container],

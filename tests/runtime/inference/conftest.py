@@ -57,6 +57,20 @@ def openai_client(server: RunningServer) -> object:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
 
 
+def shared_app(server: RunningServer, **changes: object) -> object:
+    """A TestClient for a second app on the session's engine, with other server settings."""
+    import dataclasses
+
+    from fastapi.testclient import TestClient
+
+    from kaito.runtime.inference.router import build_app
+    from kaito.runtime.inference.serving import InferenceServing
+
+    serving = InferenceServing(dataclasses.replace(server.serving.config, **changes))
+    serving.engine = server.serving.engine
+    return TestClient(build_app(serving, load_in_background=False))
+
+
 def chat_ids(tokenizer: object, question: str) -> list[int]:
     text = tokenizer.apply_chat_template(  # type: ignore[attr-defined]
         [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False

@@ -99,9 +99,9 @@ def test_loading_the_same_name_twice_is_refused(
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"base_model_name_or_path": "meta-llama/Llama-3.1-8B"}, "trained for base model"),
+        ({"base_model_name_or_path": "meta-llama/Llama-3.1-8B"}, "another base model"),
         ({"r": 16}, "has rank 8, config declares r=16"),
-        ({"target_modules": ["q_proj", "gate_projx"]}, "gate_projx"),
+        ({"target_modules": ["q_proj", "gate_projx"]}, "1 of its target modules do not exist"),
         ({"peft_type": "PREFIX_TUNING"}, "only LoRA"),
     ],
 )

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from kaito.runtime.inference import RunningServer, ServerConfig
 from kaito.runtime.inference.router import build_app
 from kaito.runtime.inference.serving import InferenceServing
-from tests.runtime.inference.conftest import SERVED_NAME
+from tests.runtime.inference.conftest import SERVED_NAME, shared_app
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -96,15 +96,8 @@ def test_a_full_queue_answers_429_and_the_server_keeps_serving(server: RunningSe
     assert complete(server.url, "What is 2+2?", 4)
 
 
-def shared_app(server: RunningServer, **changes: Any) -> TestClient:
-    """A second app on the session's engine, with a different HTTP configuration."""
-    serving = InferenceServing(dataclasses.replace(server.serving.config, **changes))
-    serving.engine = server.serving.engine
-    return TestClient(build_app(serving, load_in_background=False))
-
-
 def test_an_api_key_guards_the_api_but_not_health(server: RunningServer) -> None:
-    client = shared_app(server, api_key="s3cret")
+    client: Any = shared_app(server, api_key="s3cret")
     assert client.get("/health").status_code == 200
     assert client.get("/v1/models").status_code == 401
     assert client.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401

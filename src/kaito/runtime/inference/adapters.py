@@ -16,7 +16,15 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class AdapterError(ValueError):
-    """An adapter cannot be served on this base model; the message says why."""
+    """An adapter cannot be served on this base model; the message says why.
+
+    The message goes back to the client, so it never quotes what the adapter's files contain
+    (a request names the path); `detail` does, for the server log.
+    """
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -82,21 +90,30 @@ def validate(spec: AdapterSpec, base_model: Any, base_names: Iterable[str]) -> d
         raise AdapterError(f"adapter {spec.name!r}: {config_file} does not exist")
     try:
         config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise AdapterError(
+            f"adapter {spec.name!r}: {ADAPTER_CONFIG} is not JSON "
+            f"(line {exc.lineno}, column {exc.colno})"
+        ) from exc
     except (OSError, ValueError) as exc:
-        raise AdapterError(f"adapter {spec.name!r}: unreadable {ADAPTER_CONFIG}: {exc}") from exc
+        raise AdapterError(
+            f"adapter {spec.name!r}: {ADAPTER_CONFIG} is unreadable ({type(exc).__name__})"
+        ) from exc
     if not isinstance(config, dict):
         raise AdapterError(f"adapter {spec.name!r}: {ADAPTER_CONFIG} is not an object")
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type != "LORA":
         raise AdapterError(
-            f"adapter {spec.name!r}: only LoRA adapters are served, got {peft_type!r}"
+            f"adapter {spec.name!r}: only LoRA adapters are served (peft_type is not LORA)",
+            f"peft_type={peft_type!r}",
         )
     names = {normalized_name(n) for n in base_names if n}
     declared = config.get("base_model_name_or_path")
     if declared and normalized_name(str(declared)) not in names:
         raise AdapterError(
-            f"adapter {spec.name!r} was trained for base model {declared!r}, "
-            f"but this server serves {sorted(names)}"
+            f"adapter {spec.name!r} was trained for another base model "
+            f"(its base_model_name_or_path), but this server serves {sorted(names)}",
+            f"base_model_name_or_path={declared!r}",
         )
     modules = dict(base_model.named_modules())
     _check_targets(spec.name, config.get("target_modules"), modules)
@@ -112,14 +129,17 @@ def _check_targets(name: str, targets: Any, modules: dict[str, Any]) -> None:
             return
         if not any(re.fullmatch(targets, module) for module in modules):
             raise AdapterError(
-                f"adapter {name!r}: target_modules pattern {targets!r} matches no base layer"
+                f"adapter {name!r}: its target_modules pattern matches no base layer",
+                f"target_modules={targets!r}",
             )
         return
     suffixes = {module.rsplit(".", 1)[-1] for module in modules}
     missing = sorted(str(t) for t in targets if str(t) not in suffixes and str(t) not in modules)
     if missing:
         raise AdapterError(
-            f"adapter {name!r}: target modules {missing} do not exist in the base model"
+            f"adapter {name!r}: {len(missing)} of its target modules do not exist in the base "
+            "model",
+            f"missing target_modules={missing}",
         )
 
 
@@ -150,7 +170,8 @@ def _check_shapes(spec: AdapterSpec, config: dict[str, Any], modules: dict[str, 
         module = modules.get(module_name)
         if module is None:
             raise AdapterError(
-                f"adapter {spec.name!r}: layer {module_name!r} is not in the base model"
+                f"adapter {spec.name!r}: a LoRA tensor targets a layer the base model lacks",
+                f"tensor {key!r}",
             )
         expected_rank = rank
         for pattern, value in rank_pattern.items():
@@ -166,13 +187,13 @@ def _check_shapes(spec: AdapterSpec, config: dict[str, Any], modules: dict[str, 
             expected_dim = base_shape[0] if base_shape else base_dim
         if found_rank != expected_rank:
             raise AdapterError(
-                f"adapter {spec.name!r}: {key} has rank {found_rank}, "
-                f"config declares r={expected_rank}"
+                f"adapter {spec.name!r}: the LoRA {which} matrix of {module_name} has rank "
+                f"{found_rank}, config declares r={expected_rank}"
             )
         if base_dim != expected_dim:
             raise AdapterError(
-                f"adapter {spec.name!r}: {key} has {label} size {base_dim}, the base layer "
-                f"{module_name} has {expected_dim}"
+                f"adapter {spec.name!r}: the LoRA {which} matrix of {module_name} has {label} "
+                f"size {base_dim}, the base layer has {expected_dim}"
             )
 
 

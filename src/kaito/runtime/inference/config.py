@@ -50,6 +50,7 @@ class ServerConfig:
     # --api-key-file / KAITO_API_KEY_FILE (a mounted Secret), KAITO_API_KEY, or --api-key.
     api_key: str | None = field(default=None, repr=False)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # request bodies above this answer 413
+    max_messages: int = 512  # chat messages per request (OpenAI and legacy /chat)
     # LoRA scale per adapter name, from the Workspace (--adapter-strength NAME=VALUE or the
     # config file's `adapter_strengths` mapping); a name not listed gets 1.0.
     adapter_strengths: Mapping[str, float] = field(default_factory=dict)
@@ -113,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"file holding the bearer token, e.g. a mounted Secret (or env {API_KEY_FILE_ENV})",
     )
     add("--max-body-bytes", "--max_body_bytes", type=int, help="larger request bodies get 413")
+    add("--max-messages", "--max_messages", type=int, help="chat messages per request")
     add(
         "--adapter-strength",
         "--adapter_strength",
@@ -151,6 +153,7 @@ _FIELDS = {
     "default_max_tokens",
     "api_key",
     "max_body_bytes",
+    "max_messages",
     "adapter_strengths",
     "num_threads",
     "weight_packing",
@@ -279,7 +282,13 @@ def validate(config: ServerConfig) -> ServerConfig:
         raise ConfigError(f"--engine must be one of {ENGINES}, got {config.engine!r}")
     if config.pipeline not in PIPELINES:
         raise ConfigError(f"Unsupported pipeline: {config.pipeline}")
-    for name in ("max_num_seqs", "max_queue_len", "max_prefill_tokens", "default_max_tokens"):
+    for name in (
+        "max_num_seqs",
+        "max_queue_len",
+        "max_prefill_tokens",
+        "default_max_tokens",
+        "max_messages",
+    ):
         if int(getattr(config, name)) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     if config.max_body_bytes < 1024:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import itertools
 import logging
 import threading
@@ -94,6 +95,12 @@ class HFCodec:
     @property
     def vocab_size(self) -> int:
         return self._vocab_size
+
+    @functools.cached_property
+    def max_chars_per_token(self) -> int:
+        # A token's string has at least as many characters as its text (byte-level BPE writes
+        # one character per byte; SentencePiece writes the text itself, or <0xNN> per byte).
+        return max((len(token) for token in self.tokenizer.get_vocab()), default=1)
 
     def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
         try:

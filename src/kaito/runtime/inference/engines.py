@@ -70,6 +70,12 @@ class PromptCodec(Protocol):
     @property
     def vocab_size(self) -> int: ...
 
+    @property
+    def max_chars_per_token(self) -> int:
+        """An upper bound on the characters one token stands for: text longer than
+        `max_model_len * max_chars_per_token` cannot fit, and is refused without tokenizing."""
+        ...
+
     def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
         """Raises ValueError when the text cannot be tokenized (the client's error)."""
         ...

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 MAX_N = 8
 MAX_STOP = 8
 MAX_STOP_CHARS = 256
-MAX_MESSAGES = 1024  # messages per chat request
+MAX_MESSAGES = 4096  # schema bound; the server's --max-messages (default 512) is stricter
 Role = Literal["system", "user", "assistant", "tool", "developer"]
 
 

@@ -137,6 +137,14 @@ class _Run:
         self.started = started
         self.metrics = metrics
         self.first_token_seen = False
+        self.counted: dict[int, int] = {}
+
+    def new_tokens(self, index: int, delta: Delta) -> int:
+        """Tokens generated since this sequence's previous delta (from the running count,
+        which every engine reports; llama.cpp does not report the token ids themselves)."""
+        before = self.counted.get(index, 0)
+        self.counted[index] = max(before, delta.completion_tokens)
+        return self.counted[index] - before
 
     def sink_for(self, loop: asyncio.AbstractEventLoop, index: int) -> Callable[[Delta], None]:
         def sink(delta: Delta) -> None:
@@ -274,6 +282,7 @@ class InferenceServing:
         try:
             await asyncio.wrap_future(engine.add_adapter(spec))
         except AdapterError as exc:
+            log.warning("adapter %r refused: %s %s", request.lora_name, exc, exc.detail)
             raise bad_request(str(exc), "lora_name") from exc
         return f"Success: LoRA adapter '{request.lora_name}' added successfully."
 
@@ -313,20 +322,31 @@ class InferenceServing:
             )
         return max_tokens if max_tokens is not None else min(self.config.default_max_tokens, room)
 
+    def _encode(self, codec: PromptCodec, text: str, special: bool, param: str) -> list[int]:
+        # Text that cannot fit is refused before tokenizing: a few MiB take seconds to tokenize.
+        if len(text) > self.max_model_len * codec.max_chars_per_token:
+            raise bad_request(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, "
+                f"the {param} is longer than that ({len(text)} characters). Please reduce the "
+                f"length of the {param}.",
+                param,
+            )
+        return codec.encode(text, add_special_tokens=special)
+
     def _tokenize(self, codec: PromptCodec, plan: _Plan) -> list[list[int]]:
         """Every plan prompt as token ids (blocking: runs in the preparation pool)."""
         ids: list[list[int]] = []
         for prompt in plan.prompts:
             try:
                 if isinstance(prompt, str):
-                    ids.append(codec.encode(prompt, add_special_tokens=True))
+                    ids.append(self._encode(codec, prompt, True, plan.param))
                 elif isinstance(prompt, tuple):
                     text = codec.render_chat(
                         prompt,
                         add_generation_prompt=plan.add_generation_prompt,
                         template_kwargs=plan.template_kwargs,
                     )
-                    ids.append(codec.encode(text, add_special_tokens=False))
+                    ids.append(self._encode(codec, text, False, plan.param))
                 elif any(not 0 <= token < codec.vocab_size for token in prompt):
                     raise bad_request("a prompt token id is outside the vocabulary", plan.param)
                 else:
@@ -339,6 +359,12 @@ class InferenceServing:
         engine = self._engine()
         if not plan.prompts:
             raise bad_request("the prompt is empty", plan.param)
+        longest = max((len(x) for x in plan.prompts if isinstance(x, tuple)), default=0)
+        if longest > self.config.max_messages:
+            raise bad_request(
+                f"at most {self.config.max_messages} messages per request (--max-messages)",
+                "messages",
+            )
         tokenized = await self._off_loop(lambda: self._tokenize(engine.codec, plan))
         prompts: list[list[int]] = []
         params: list[SamplingParams] = []
@@ -388,7 +414,7 @@ class InferenceServing:
             while (item := await run.next(disconnected)) is not None:
                 index, delta = item
                 texts[index] += delta.text
-                generated += len(delta.token_ids)
+                generated += run.new_tokens(index, delta)
                 if delta.error is not None:
                     raise ServingError(500, delta.error, "InternalServerError")
                 if delta.finish_reason is not None:
@@ -411,7 +437,7 @@ class InferenceServing:
                 yield opening
             while (item := await run.next(None)) is not None:
                 index, delta = item
-                generated += len(delta.token_ids)
+                generated += run.new_tokens(index, delta)
                 if delta.error is not None:
                     error = ServingError(500, delta.error, "InternalServerError")
                     yield f"data: {error.openai_body().model_dump_json()}\n\n"
