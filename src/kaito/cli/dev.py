@@ -38,6 +38,22 @@ def up(
     nodeclaim_crd: bool = typer.Option(
         True, help="Install the Karpenter NodeClaim CRD (karpenter.sh/v1)."
     ),
+    real_node: bool = typer.Option(
+        False,
+        "--real-node",
+        help="Add one real CPU node (kubelet + containerd) that runs pods; needs root and "
+        "tools/setup.d/50-real-node.sh. One per machine.",
+    ),
+    registry: bool = typer.Option(
+        True,
+        help="Run an image registry (plain HTTP on 127.0.0.1, storage in $KAITO_HOME/registry) "
+        "for `kaito dev images build`; the real node pulls from it.",
+    ),
+    trust_registry: list[str] = typer.Option(
+        [],
+        "--trust-registry",
+        help="host:port of a further plain-HTTP registry the real node may pull from (repeatable).",
+    ),
 ) -> None:
     """Start a cluster in the background and print how to use it."""
     from kaito.devcluster import (
@@ -48,6 +64,17 @@ def up(
         install_nodeclaim_crd,
         read_state,
     )
+    from kaito.devcluster.controlplane import LOOPBACK
+    from kaito.devcluster.realnode import (
+        NODE_IP,
+        NODE_LABEL,
+        HostClaim,
+        RealNode,
+        RealNodeError,
+        claim_host,
+        release_host,
+    )
+    from kaito.devcluster.registry import RegistryError, start_registry
 
     workdir = _workdir(name)
     if read_state(workdir) is not None:
@@ -55,7 +82,26 @@ def up(
             f"cluster {name!r} already running; `kaito dev cluster down --name {name}` first"
         )
         raise typer.Exit(1)
-    plane = ControlPlane(workdir, detach=True)
+    claim: HostClaim | None = None
+    if real_node:
+        try:
+            # Before the control plane: its apiserver listens on the node's bridge.
+            claim = claim_host(workdir / "real-node", timeout_s=5)
+        except RealNodeError as error:
+            typer.echo(str(error), err=True)
+            raise typer.Exit(1) from error
+    plane = ControlPlane(
+        workdir, detach=True, bind_address=NODE_IP if claim is not None else LOOPBACK
+    )
+    node: RealNode | None = None
+
+    def undo() -> None:
+        if node is not None:
+            node.stop()
+        plane.stop()
+        if claim is not None:
+            release_host(claim)
+
     try:
         plane.start()
         client = plane.client()
@@ -65,14 +111,40 @@ def up(
             add_fake_gpu_node(
                 client, f"gpu-node-{index}", gpus=gpus_per_node, instance_type=instance_type
             )
-    except (BinariesMissingError, ControlPlaneError, TimeoutError, FileNotFoundError) as error:
-        plane.stop()
+        registry_host = None
+        if registry:
+            registry_process, registry_host = start_registry(workdir, detach=True)
+            plane.attach(registry_process, registry=registry_host)
+        if claim is not None:
+            node = RealNode(plane, workdir / "real-node", claim, detach=True)
+            for host in [*([registry_host] if registry_host else []), *trust_registry]:
+                node.trust_registry(host)
+            node.start()
+    except (
+        BinariesMissingError,
+        ControlPlaneError,
+        RealNodeError,
+        RegistryError,
+        TimeoutError,
+        FileNotFoundError,
+    ) as error:
+        undo()
         typer.echo(str(error), err=True)
         raise typer.Exit(1) from error
     except BaseException:
-        plane.stop()
+        undo()
         raise
+    if claim is not None:
+        # The node's host process holds the machine's lock from now on.
+        claim.release()
     typer.echo(f"cluster {name!r} ready at {plane.server} in {plane.startup_s:.1f} s")
+    if registry_host is not None:
+        typer.echo(f"image registry at {registry_host} (plain HTTP; `kaito dev images build`)")
+    if node is not None:
+        typer.echo(
+            f"real node {node.name!r} Ready in {node.startup_s:.1f} s (label {NODE_LABEL}=true, "
+            f"taint {NODE_LABEL}=true:NoSchedule); logs in {node.log_dir}"
+        )
     typer.echo(f"logs in {plane.log_dir}")
     typer.echo(f"export KUBECONFIG={plane.kubeconfig}")
 
@@ -81,11 +153,21 @@ def up(
 def down(name: str = NAME_OPTION) -> None:
     """Stop the cluster and delete its data."""
     from kaito.devcluster import ControlPlane
+    from kaito.devcluster.realnode import stop_detached
 
-    if ControlPlane.stop_workdir(_workdir(name)):
+    workdir = _workdir(name)
+    if ControlPlane.stop_workdir(workdir):
         typer.echo(f"cluster {name!r} stopped")
     else:
         typer.echo(f"cluster {name!r} is not running")
+    # After the control plane: the node's bridge carries the apiserver's address.
+    problems = stop_detached(owner=workdir / "real-node")
+    if problems is None:
+        return
+    if problems:
+        typer.echo(f"real node stopped; not undone: {'; '.join(problems)}", err=True)
+        raise typer.Exit(1)
+    typer.echo("real node stopped and every host change undone")
 
 
 @cluster_app.command()

@@ -105,6 +105,8 @@ class ControlPlane:
     startup_s: float | None = None
     # Seconds from the start of `start()` until each readiness check passed, in order.
     startup_phases: dict[str, float] = field(default_factory=dict)
+    # Further entries of the state file (e.g. the dev registry's host:port).
+    extra_state: dict[str, Any] = field(default_factory=dict)
     _pki: ClusterPKI | None = None
     _began: float = 0.0
 
@@ -230,6 +232,12 @@ class ControlPlane:
         shutil.rmtree(workdir / "etcd", ignore_errors=True)
         (workdir / STATE_FILE).unlink(missing_ok=True)
         return True
+
+    def attach(self, process: Process, **state: Any) -> None:
+        """Run `process` with the cluster: stopped with it, recorded in its state file."""
+        self.processes.append(process)
+        self.extra_state.update(state)
+        self._write_state()
 
     # --- components --------------------------------------------------------------------------
 
@@ -402,6 +410,7 @@ class ControlPlane:
             "startup_phases": self.startup_phases,
             "binaries": str(self.binaries.directory),
             "bind_address": self.bind_address,
+            **self.extra_state,
         }
         (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=2))
 
