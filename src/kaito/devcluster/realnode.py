@@ -31,7 +31,7 @@ import yaml
 
 from kaito.devcluster.binaries import bin_dir, kaito_home
 from kaito.devcluster.client import ApiClient, ApiError
-from kaito.devcluster.controlplane import ControlPlane, free_port, kubeconfig_dict
+from kaito.devcluster.controlplane import SERVICE_CIDR, ControlPlane, free_port, kubeconfig_dict
 from kaito.devcluster.nodehost import cgroup_processes, kill_all, namespace_processes
 from kaito.devcluster.pki import KUBELET_CLIENT_USER, issue_certificate
 from kaito.devcluster.process import Process
@@ -238,6 +238,10 @@ def _record_and_prepare(claim: HostClaim, workdir: Path) -> None:
         claim.save()
     _run("ip", "addr", "replace", f"{NODE_IP}/24", "dev", BRIDGE)
     _run("ip", "link", "set", BRIDGE, "up")
+    # Service addresses route to the bridge, from the bridge's address: the host (apiserver
+    # calling a webhook Service, tests) reaches ClusterIPs without a default route, and a
+    # ClusterIP without endpoints is never sent towards the default gateway.
+    _run("ip", "route", "replace", SERVICE_CIDR, "dev", BRIDGE, "src", NODE_IP)
     # Forwarding is needed for Service traffic between pods (the CNI plugin turns it on); pods
     # may not use it to leave the node's network.
     for tool in ("iptables",):
@@ -285,6 +289,7 @@ def undo_host(record: Mapping[str, Any]) -> list[str]:
                 child.rmdir()
         if Path(target).exists():
             problems.append(f"cgroup {target} still in use")
+    _run("ip", "route", "del", SERVICE_CIDR, "dev", BRIDGE, check=False)
     if record.get("bridge") and _run("ip", "link", "del", BRIDGE, check=False).returncode != 0:
         problems.append(f"bridge {BRIDGE} could not be deleted")
     for name, value in (record.get("sysctls") or {}).items():

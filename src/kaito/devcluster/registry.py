@@ -21,7 +21,7 @@ class RegistryError(RuntimeError):
 
 def storage_dir() -> Path:
     """Blobs survive `kaito dev cluster down`, so images built once stay pushed."""
-    return kaito_home() / "registry"
+    return kaito_home() / "registry" / "dev"
 
 
 def start_registry(workdir: Path, *, detach: bool, timeout_s: float = 30.0) -> tuple[Process, str]:
