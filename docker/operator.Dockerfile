@@ -11,9 +11,11 @@ FROM ${BASE} AS build
 # uv matches tools/setup.sh's, so a dev build can mount the developer's uv cache at /root/.cache/uv.
 ARG UV_VERSION=0.13.9
 # Build-time settings (ARG, not ENV: none of them belongs in the image): the system trust store
-# (which a dev build may replace with the host's, see docker/README.md), no Python downloads.
-ARG UV_NATIVE_TLS=true
+# (a dev build lends the host's, see docker/README.md), uv's cache in the cache mount whatever
+# HOME is, no Python downloads.
+ARG UV_SYSTEM_CERTS=true
 ARG UV_LINK_MODE=copy
+ARG UV_CACHE_DIR=/root/.cache/uv
 ARG UV_PYTHON_DOWNLOADS=never
 ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 ARG PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -29,8 +31,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     VIRTUAL_ENV=/opt/kaito \
     PATH=/opt/kaito/bin:$PATH
-ARG UV_NATIVE_TLS=true
+ARG UV_SYSTEM_CERTS=true
 ARG UV_LINK_MODE=copy
+ARG UV_CACHE_DIR=/root/.cache/uv
 ARG UV_PYTHON_DOWNLOADS=never
 RUN python3 -m venv --without-pip /opt/kaito \
  && groupadd --gid 65532 kaito \

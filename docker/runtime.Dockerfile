@@ -9,6 +9,7 @@
 #   docker build -f docker/runtime.Dockerfile -t kaito-runtime:cuda \
 #     --build-arg BASE=nvidia/cuda:13.0.2-base-ubuntu24.04 --build-arg EXTRAS=inference,tuning,gpu .
 # Inference only: --build-arg EXTRAS=inference
+# CPU from plain PyPI without the GPU-only CUDA libraries: --build-arg CUDA_LIBS=loaded
 # Without a daemon: `kaito dev images build` (buildah; passes BASE, see docker/README.md).
 #
 # Runs as UID 10001 (a CUDA base already has UID 1000). The workloads the operator creates mount /mnt/*, /workspace and /dev/shm;
@@ -21,9 +22,11 @@ FROM ${BASE} AS build
 # uv matches tools/setup.sh's, so a dev build can mount the developer's uv cache at /root/.cache/uv.
 ARG UV_VERSION=0.13.9
 # Build-time settings (ARG, not ENV: none of them belongs in the image): the system trust store
-# (which a dev build may replace with the host's, see docker/README.md), no Python downloads.
-ARG UV_NATIVE_TLS=true
+# (a dev build lends the host's, see docker/README.md), uv's cache in the cache mount whatever
+# HOME is, no Python downloads.
+ARG UV_SYSTEM_CERTS=true
 ARG UV_LINK_MODE=copy
+ARG UV_CACHE_DIR=/root/.cache/uv
 ARG UV_PYTHON_DOWNLOADS=never
 ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 ARG PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -47,13 +50,18 @@ FROM ${BASE}
 # Empty: plain PyPI. `cpu` or `cu130`: that PyTorch index first (its CPU wheels are ~10x smaller).
 ARG TORCH_INDEX=""
 ARG EXTRAS=inference,tuning
+# `loaded` (CPU images from plain PyPI): keep only the CUDA libraries importing torch loads; the
+# rest of PyPI torch's nvidia-* wheels is GPU-only (docker/prune_cuda_libs.py).
+# (ARGs stay above SHELL: hadolint 2.15 forgets the SHELL after a later ARG.)
+ARG CUDA_LIBS=all
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     VIRTUAL_ENV=/opt/kaito \
     PATH=/opt/kaito/bin:$PATH \
     HOME=/home/kaito
-ARG UV_NATIVE_TLS=true
+ARG UV_SYSTEM_CERTS=true
 ARG UV_LINK_MODE=copy
+ARG UV_CACHE_DIR=/root/.cache/uv
 ARG UV_PYTHON_DOWNLOADS=never
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # hadolint ignore=DL3008
@@ -68,7 +76,7 @@ RUN if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip' 2>/dev
  && install -d -o 10001 -g 10001 /workspace
 # Dependencies (the torch stack, GBs) before the kaito wheel: a change under src/ rebuilds only
 # the layers after this one.
-COPY pyproject.toml /opt/kaito/pyproject.toml
+COPY pyproject.toml docker/prune_cuda_libs.py /opt/kaito/build/
 RUN --mount=type=bind,from=build,source=/opt/uv,target=/opt/uv \
     --mount=type=cache,target=/root/.cache/uv \
     extras=(); for extra in ${EXTRAS//,/ }; do extras+=(--extra "$extra"); done \
@@ -76,7 +84,8 @@ RUN --mount=type=bind,from=build,source=/opt/uv,target=/opt/uv \
       index=(--index "https://download.pytorch.org/whl/${TORCH_INDEX}" --index-strategy unsafe-best-match); \
     fi \
  && /opt/uv/bin/uv pip install --python /opt/kaito/bin/python --compile-bytecode \
-      "${index[@]}" -r /opt/kaito/pyproject.toml "${extras[@]}"
+      "${index[@]}" -r /opt/kaito/build/pyproject.toml "${extras[@]}" \
+ && if [ "$CUDA_LIBS" = loaded ]; then /opt/kaito/bin/python /opt/kaito/build/prune_cuda_libs.py; fi
 COPY --from=build /wheels /wheels
 RUN --mount=type=bind,from=build,source=/opt/uv,target=/opt/uv \
     --mount=type=cache,target=/root/.cache/uv \

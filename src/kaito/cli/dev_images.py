@@ -27,7 +27,8 @@ def build(
         None,
         "--registry",
         envvar="KAITO_DEV_REGISTRY",
-        help="host:port of a plain-HTTP registry; default: the dev cluster's registry.",
+        help="host:port of a plain-HTTP registry; default: the dev cluster's, else the "
+        "machine's dev registry (127.0.0.1:5001, started when not running).",
     ),
     name: str = typer.Option(
         "default", "--name", help="Dev cluster whose registry to use (without --registry)."
@@ -40,23 +41,16 @@ def build(
 ) -> None:
     """Build (when inputs changed) and push both images; print their references."""
     from kaito.devcluster import kaito_home, read_state
-    from kaito.devcluster.images import IMAGE_NAMES, ImageBuildError, build_images
+    from kaito.devcluster.images import IMAGE_NAMES, ImageBuildError, build_images, dev_registry
 
     unknown = sorted(set(only) - set(IMAGE_NAMES))
     if unknown:
         typer.echo(f"unknown image {', '.join(unknown)}; choose from {IMAGE_NAMES}", err=True)
         raise typer.Exit(2)
-    if registry is None:
-        state = read_state(kaito_home() / "dev" / name) or {}
-        registry = state.get("registry")
-    if not registry:
-        typer.echo(
-            "no registry: pass --registry HOST:PORT (or KAITO_DEV_REGISTRY), or start a dev "
-            "cluster that runs one",
-            err=True,
-        )
-        raise typer.Exit(1)
     try:
+        if registry is None:
+            state = read_state(kaito_home() / "dev" / name) or {}
+            registry = state.get("registry") or dev_registry()
         refs = build_images(
             str(registry),
             only=tuple(only) or IMAGE_NAMES,
@@ -72,3 +66,20 @@ def build(
     typer.echo(f"operator: {refs.operator}")
     typer.echo(f"runtime:  {refs.runtime}")
     typer.echo("helm: " + " ".join(helm_flags(refs.operator, refs.runtime)))
+
+
+@app.command()
+def registry(
+    stop: bool = typer.Option(False, "--stop", help="Stop it (the pushed images stay)."),
+) -> None:
+    """Print (starting it when needed) the machine's dev registry, or stop it."""
+    from kaito.devcluster.images import ImageBuildError, dev_registry, stop_dev_registry
+
+    if stop:
+        typer.echo("dev registry stopped" if stop_dev_registry() else "dev registry not running")
+        return
+    try:
+        typer.echo(dev_registry())
+    except ImageBuildError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from error

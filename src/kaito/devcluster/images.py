@@ -12,6 +12,7 @@ State lives under `$KAITO_HOME/images`; the uv download cache (`$KAITO_HOME/uv`,
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -283,7 +284,7 @@ def _digest(data: bytes) -> str:
 
 def _context_files(root: Path) -> list[Path]:
     """The build context the Dockerfiles COPY (see .dockerignore): pyproject, README, src."""
-    files = [root / "pyproject.toml", root / "README.md"]
+    files = [root / "pyproject.toml", root / "README.md", root / "docker" / "prune_cuda_libs.py"]
     for path in sorted((root / "src").rglob("*")):
         if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
             files.append(path)
@@ -328,7 +329,9 @@ class ImageSpec:
         return root / "docker" / f"{self.name}.Dockerfile"
 
 
-DEFAULT_SPECS = (ImageSpec("operator"), ImageSpec("runtime"))
+# The dev runtime is the CPU variant from plain PyPI (the PyTorch CPU index is unreachable here),
+# without the CUDA libraries torch never loads on a CPU.
+DEFAULT_SPECS = (ImageSpec("operator"), ImageSpec("runtime", {"CUDA_LIBS": "loaded"}))
 
 
 def build_images(
@@ -336,15 +339,38 @@ def build_images(
     *,
     only: Sequence[str] = IMAGE_NAMES,
     force: bool = False,
+    need_local: bool = False,
+    clean: bool = True,
     log: Log | None = None,
     builder: Builder | None = None,
     root: Path | None = None,
 ) -> ImageRefs:
     """Build (when needed) and push the operator and runtime images to `registry`
-    (`host:port`, plain HTTP) and return their references. `only` limits what is built;
-    the others are still referenced by their current tag."""
+    (`host:port`, plain HTTP) and return their references.
+
+    `only` limits what is built (the others are still referenced by their current tag);
+    `need_local` also keeps a copy in the builder's storage (`ImageRefs.local`, for
+    `run_in_image`) even when the registry already has the tag; `clean` drops older kaito
+    images from the builder's storage afterwards."""
     say = log or (lambda message: None)
     builder = builder or Builder(log=say)
+    builder.home.mkdir(parents=True, exist_ok=True)
+    # One build at a time per storage: clean() removes every working container in it.
+    with (builder.home / "build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_images(registry, only, force, need_local, clean, say, builder, root)
+
+
+def _build_images(
+    registry: str,
+    only: Sequence[str],
+    force: bool,
+    need_local: bool,
+    clean: bool,
+    say: Log,
+    builder: Builder,
+    root: Path | None,
+) -> ImageRefs:
     root = root or source_root()
     base = base_image(builder)
     base_id = builder.run("inspect", "--type", "image", "--format", "{{.FromImageID}}", base)
@@ -361,27 +387,31 @@ def build_images(
         references[spec.name], local[spec.name] = reference, local_name
         if spec.name not in only:
             continue
-        if not force and in_registry(reference):
+        pushed = not force and in_registry(reference)
+        have_local = builder.image_exists(local_name)
+        if pushed and (have_local or not need_local):
             say(f"{spec.name}: {reference} is current (inputs unchanged)")
             continue
         started = time.monotonic()
-        if force or not builder.image_exists(local_name):
+        if force or not have_local:
             say(f"{spec.name}: building {dockerfile.relative_to(root)}")
             _build(builder, root, dockerfile, args, local_name)
-        say(f"{spec.name}: pushing to {reference}")
-        builder.run(
-            "push",
-            "--tls-verify=false",
-            # Loopback registry: compressing GBs of CUDA libraries costs minutes and saves
-            # nothing a kubelet on this machine would notice.
-            "--disable-compression",
-            local_name,
-            f"docker://{reference}",
-        )
+        if not pushed:
+            say(f"{spec.name}: pushing to {reference}")
+            builder.run(
+                "push",
+                "--tls-verify=false",
+                # Loopback registry: compressing GBs of CUDA libraries costs minutes and saves
+                # nothing a kubelet on this machine would notice.
+                "--disable-compression",
+                local_name,
+                f"docker://{reference}",
+            )
         built.append(spec.name)
         size = builder.image_size(local_name)
         say(f"{spec.name}: done in {time.monotonic() - started:.0f} s ({size} unpacked)")
-    builder.clean(keep=[n for n in local.values()])
+    if clean:
+        builder.clean(keep=local.values())
     return ImageRefs(
         operator=references["operator"],
         runtime=references["runtime"],
@@ -399,6 +429,9 @@ def _build(builder: Builder, root: Path, dockerfile: Path, args: dict[str, str],
         "chroot",
         "--layers",
         "--pull=never",
+        # Docker's format keeps SHELL (the OCI config has no field for it).
+        "--format",
+        "docker",
         "--file",
         str(dockerfile),
         "--tag",
@@ -431,3 +464,79 @@ def run_in_image(
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     finally:
         builder.run("rm", container, check=False)
+
+
+DEV_REGISTRY_PORT = 5001
+REGISTRY_HINT = "install it with tools/setup.d/20-registry.sh (apt-get install docker-registry)"
+
+
+def _registry_answers(host: str) -> bool:
+    try:
+        return httpx.get(f"http://{host}/v2/", timeout=2).status_code in (200, 401)
+    except httpx.HTTPError:
+        return False
+
+
+def dev_registry_dir() -> Path:
+    return kaito_home() / "registry" / "dev"
+
+
+def dev_registry(*, port: int | None = None, timeout_s: float = 30) -> str:
+    """`host:port` of the machine's dev registry: Debian's docker-registry on 127.0.0.1
+    ($KAITO_DEV_REGISTRY_PORT, default 5001), anonymous, plain HTTP, storage under
+    $KAITO_HOME/registry/dev so pushed images outlive it. Started detached when not running."""
+    port = port or int(os.environ.get("KAITO_DEV_REGISTRY_PORT") or DEV_REGISTRY_PORT)
+    host = f"127.0.0.1:{port}"
+    if _registry_answers(host):
+        return host
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        raise ImageBuildError(f"docker-registry is not installed; {REGISTRY_HINT}")
+    workdir = dev_registry_dir()
+    (workdir / "storage").mkdir(parents=True, exist_ok=True)
+    config = workdir / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log: {level: error, accesslog: {disabled: true}}\n"
+        "storage:\n"
+        f"  filesystem: {{rootdirectory: {workdir / 'storage'}}}\n"
+        "  delete: {enabled: true}\n"
+        f"http: {{addr: '{host}'}}\n",
+        encoding="utf-8",
+    )
+    with (workdir / "registry.log").open("ab") as log:
+        process = subprocess.Popen(
+            [binary, "serve", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,  # outlives this command, like the dev cluster
+        )
+    (workdir / "pid").write_text(f"{process.pid}\n")
+    deadline = time.monotonic() + timeout_s
+    while not _registry_answers(host):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            tail = (workdir / "registry.log").read_text(errors="replace")[-2000:]
+            raise ImageBuildError(f"the dev registry did not start on {host}: {tail}")
+        time.sleep(0.1)
+    return host
+
+
+def stop_dev_registry() -> bool:
+    """Stop the registry `dev_registry` started (its storage stays); False if none ran."""
+    pid_file = dev_registry_dir() / "pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    pid_file.unlink(missing_ok=True)
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    # Only our own registry process (a reused pid may belong to anything).
+    if not any(part.endswith(b"docker-registry") for part in cmdline[:1]):
+        return False
+    os.kill(pid, 15)
+    return True
