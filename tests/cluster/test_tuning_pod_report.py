@@ -1,57 +1,90 @@
-"""The tuning runtime annotates its own pod with its progress, using only its pod's token."""
+"""The tuning runtime annotates its own pod with its progress, with its pod-bound token and the
+chart's tuning role and policy: its own pod's progress annotation, nothing else."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from kaito.api.workspace import parse_workspace
+from kaito.contract.progress import ANNOTATION
 from kaito.devcluster import ApiClient
-from kaito.runtime.tuning.podreport import ANNOTATION, PodAnnotator
+from kaito.manifests.context import resolve
+from kaito.manifests.options import ClusterOptions
+from kaito.manifests.tuning import TUNING_SERVICE_ACCOUNT, build_tuning_identity
+from kaito.runtime.tuning.podreport import PodAnnotator
+from tests.unit.api.builders import legacy_tuning_workspace
+from tests.unit.deploy.chart import render
 
 pytestmark = [pytest.mark.cluster]
 
 JSON = dict[str, Any]
-SA = "kaito-tuning"
+# The chart's cluster-wide pieces for the tuning identity (release name "kaito").
+TUNING_KINDS = ("ClusterRole", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
 
 
-def pod_body(name: str) -> JSON:
+@pytest.fixture(scope="module")
+def tuning_policy(api: ApiClient) -> Iterator[None]:
+    """The chart's ClusterRole kaito-tuning and its own-pod admission policy, installed once."""
+    objects = [
+        o
+        for o in render()
+        if o["kind"] in TUNING_KINDS and o["metadata"]["name"].startswith("kaito-tuning")
+    ]
+    assert len(objects) == 3
+    for obj in objects:
+        api.apply(obj)
+    yield
+    for obj in reversed(objects):
+        api.delete(obj)
+
+
+def pod_body(name: str, namespace: str) -> JSON:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {"containers": [{"name": "trainer", "image": "kaito/runtime:test"}]},
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": "tune"}},
+        "spec": {
+            "serviceAccountName": TUNING_SERVICE_ACCOUNT,
+            "automountServiceAccountToken": False,
+            "containers": [{"name": "trainer", "image": "kaito/runtime:test"}],
+        },
     }
 
 
-def tuning_identity(api: ApiClient, namespace: str, tmp_path: Path) -> Path:
-    """A service account allowed to patch pods in `namespace` only; its token in a file."""
-    for obj in (
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": SA}},
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": {"name": SA},
-            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": {"name": SA},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": SA},
-            "subjects": [{"kind": "ServiceAccount", "name": SA, "namespace": namespace}],
-        },
-    ):
-        obj["metadata"]["namespace"] = namespace  # type: ignore[index]
-        api.create(obj)
+def tuning_identity(api: ApiClient, namespace: str) -> None:
+    """What the operator applies for a tuning Workspace: kaito-tuning and its RoleBinding."""
+    workspace = legacy_tuning_workspace()
+    workspace["metadata"].update(namespace=namespace, uid="u-1")
+    ctx = resolve(parse_workspace(workspace), ClusterOptions())
+    for obj in build_tuning_identity(ctx):
+        api.apply(obj)
+
+
+def pod_token(api: ApiClient, pod: JSON, tmp_path: Path) -> Path:
+    """The token a kubelet would project into the pod: bound to it (its name in the token)."""
+    namespace = pod["metadata"]["namespace"]
     issued = api.request(
         "POST",
-        f"/api/v1/namespaces/{namespace}/serviceaccounts/{SA}/token",
-        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}},
+        f"/api/v1/namespaces/{namespace}/serviceaccounts/{TUNING_SERVICE_ACCOUNT}/token",
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "boundObjectRef": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": pod["metadata"]["name"],
+                    "uid": pod["metadata"]["uid"],
+                }
+            },
+        },
     )
-    token = tmp_path / "token"
+    token = tmp_path / f"token-{pod['metadata']['name']}"
     token.write_text(issued["status"]["token"])
     return token
 
@@ -60,13 +93,28 @@ def annotator(api: ApiClient, namespace: str, pod: str, token: Path) -> PodAnnot
     return PodAnnotator(api.host, api.port, namespace, pod, token, Path(api.ca_file))
 
 
+def ready(api: ApiClient, namespace: str, tmp_path: Path) -> tuple[JSON, Path]:
+    """A tuning pod with its token, once its binding reached the authorizer (a moment)."""
+    tuning_identity(api, namespace)
+    pod = api.create(pod_body("tune-abc12", namespace))
+    token = pod_token(api, pod, tmp_path)
+    probe = annotator(api, namespace, pod["metadata"]["name"], token)
+
+    def allowed() -> bool:
+        try:
+            probe._patch({"metadata": {"annotations": {ANNOTATION: "{}"}}})
+        except RuntimeError:
+            return False
+        return True
+
+    api.wait_for(allowed, timeout_s=30, interval_s=0.5, what="the tuning identity to work")
+    return pod, token
+
+
 def test_the_runtime_reports_progress_on_its_own_pod_at_most_every_few_seconds(
-    api: ApiClient, namespace: str, tmp_path: Path
+    api: ApiClient, namespace: str, tmp_path: Path, tuning_policy: None
 ) -> None:
-    token = tuning_identity(api, namespace, tmp_path)
-    pod = api.create(
-        {**pod_body("tune-abc12"), "metadata": {"name": "tune-abc12", "namespace": namespace}}
-    )
+    pod, token = ready(api, namespace, tmp_path)
     reporter = annotator(api, namespace, pod["metadata"]["name"], token)
 
     assert reporter.publish({"phase": "training", "step": 1, "total_steps": 10}, now=100.0)
@@ -81,13 +129,26 @@ def test_the_runtime_reports_progress_on_its_own_pod_at_most_every_few_seconds(
     assert (report["phase"], report["step"]) == ("completed", 10)
 
 
-def test_the_token_cannot_write_pods_elsewhere_and_a_refusal_does_not_raise(
-    api: ApiClient, namespace: str, tmp_path: Path
+def test_the_tuning_identity_cannot_patch_another_pod_or_anything_but_its_progress(
+    api: ApiClient, namespace: str, tmp_path: Path, tuning_policy: None
 ) -> None:
-    token = tuning_identity(api, namespace, tmp_path)
-    api.create(
-        {**pod_body("tune-xyz98"), "metadata": {"name": "tune-xyz98", "namespace": namespace}}
-    )
+    pod, token = ready(api, namespace, tmp_path)
+    mine = annotator(api, namespace, pod["metadata"]["name"], token)
+    assert mine.publish({"phase": "loading"}, now=0.0)
+    other = api.create(pod_body("someone-elses-pod", namespace))
+    theirs = annotator(api, namespace, other["metadata"]["name"], token)
+    assert not theirs.publish({"phase": "training", "step": 1}, now=0.0)
+    with pytest.raises(RuntimeError, match="HTTP 403"):
+        theirs._patch({"metadata": {"annotations": {ANNOTATION: "{}"}}})
+    stored = api.get(f"/api/v1/namespaces/{namespace}/pods/someone-elses-pod")
+    assert ANNOTATION not in (stored["metadata"].get("annotations") or {})
+    # Its own pod: the progress annotation only, not labels or other annotations.
+    for body in (
+        {"metadata": {"labels": {"app": "hijacked"}}},
+        {"metadata": {"annotations": {"other": "x"}}},
+    ):
+        with pytest.raises(RuntimeError, match="HTTP 403"):
+            mine._patch(body)
+    # Nor pods elsewhere (RBAC: the binding is in this namespace only).
     elsewhere = annotator(api, "kube-system", "kube-apiserver", token)
     assert not elsewhere.publish({"phase": "training", "step": 1}, now=0.0)
-    assert annotator(api, namespace, "tune-xyz98", token).publish({"phase": "loading"}, now=0.0)

@@ -20,6 +20,7 @@ RECONCILE_ERROR = "ReconcileError"
 # reported: a conflict with a concurrent writer usually resolves by itself.
 QUIET_RETRIES = 3
 QUIET_RETRY_S = 1.0
+FAILURE_MESSAGE_LIMIT = 1024
 
 
 class NodeClaimLimitError(Exception):
@@ -70,9 +71,12 @@ def failed_status(
 ) -> JSON | None:
     """The status with the failure in ReconcileError and WorkspaceSucceeded; None when the
     status says so already (a failure that recurs writes nothing new)."""
+    # The apiserver's message is the one the user needs (admission policies quote theirs at
+    # the end): a longer limit than the planner's short messages.
+    message = c.truncate(failure.message, FAILURE_MESSAGE_LIMIT)
     conds = [
-        Cond.of(RECONCILE_ERROR, True, failure.reason, failure.message),
-        Cond.of(c.WORKSPACE_SUCCEEDED, False, failure.reason, failure.message),
+        Cond(RECONCILE_ERROR, "True", failure.reason, message),
+        Cond(c.WORKSPACE_SUCCEEDED, "False", failure.reason, message),
     ]
     new = dict(status)
     new["conditions"] = c.merge_conditions(

@@ -13,6 +13,7 @@ import kaito.k8s.client
 import kaito.k8s.lease
 import kaito.manifests
 import kaito.reconcile
+from kaito.contract.progress import ANNOTATION
 from kaito.k8s import resources
 from kaito.operator.handlers import build_registry
 from kaito.operator.settings import Settings
@@ -262,7 +263,7 @@ def test_the_tuning_role_only_patches_pods_and_a_policy_narrows_it_to_the_own_po
     assert policy["spec"]["failurePolicy"] == "Fail"
     checks = " ".join(v["expression"] for v in policy["spec"]["validations"])
     assert "authentication.kubernetes.io/pod-name" in checks
-    assert "kaito.sh/tuning-progress" in checks
+    assert ANNOTATION in checks
     binding = find(objects, "ValidatingAdmissionPolicyBinding", "kaito-tuning-own-pod")
     assert binding["spec"] == {"policyName": "kaito-tuning-own-pod", "validationActions": ["Deny"]}
     env = {
