@@ -47,3 +47,26 @@ def test_weights_images_lists_each_preset_with_its_image_in_a_registry() -> None
     ) in lines
     assert all(len(line.split()) == 4 for line in lines)
     assert not any(line.startswith("phi-2 ") for line in lines)
+
+
+def row_of(out: str, preset: str) -> str:
+    return next(line for line in out.splitlines() if line.startswith(f"│ {preset} "))
+
+
+def test_each_preset_shows_how_it_runs_on_the_default_a100() -> None:
+    out = run()
+    assert "On Standard_NC24ads_A100_v4" in out
+    assert "1 node, 1 GPU (vLLM)" in row_of(out, "phi-4-mini-instruct")
+    assert "refused: 3 nodes, vLLM runs on 1 -> Standard_NC80adis_H100_v5" in row_of(
+        out, "llama-3.3-70b-instruct"
+    )
+
+
+def test_sku_chooses_the_instance_type_the_presets_are_placed_on() -> None:
+    out = run("--sku", "Standard_ND96asr_A100_v4")
+    assert "1 node, 8 GPUs (vLLM, tensor parallel)" in row_of(out, "llama-3.3-70b-instruct")
+
+
+def test_an_unknown_sku_is_an_error_naming_it() -> None:
+    result = CliRunner().invoke(app, ["presets", "--sku", "Standard_Nope"])
+    assert result.exit_code == 2 and "Standard_Nope" in result.output
