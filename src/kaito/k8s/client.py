@@ -130,7 +130,9 @@ class Kube:
         labels = {LABEL_WORKSPACE: name, LABEL_WORKSPACE_NAMESPACE: namespace}
         return await self.list_json(NodeClaim, labels=labels)
 
-    async def observe(self, workspace: WorkspaceModel, options: ClusterOptions) -> Observed:
+    async def observe(
+        self, workspace: WorkspaceModel, options: ClusterOptions, *, check_names: bool = True
+    ) -> Observed:
         """Everything the planner reads for one workspace, fetched concurrently."""
         ns, name = workspace.namespace, workspace.name
         selector = workspace.resource.label_selector.as_map() if workspace.resource else {}
@@ -154,8 +156,9 @@ class Kube:
             return await self.nodeclaims_of(ns, name) if options.uses_nodeclaims else []
 
         # Names the workspace would create: taken by anything it does not control stops it
-        # here, before any GPU node is requested.
-        await self.check_names(workspace)
+        # here, before any GPU node is requested (not while it is deleted: nothing is created).
+        if check_names:
+            await self.check_names(workspace)
 
         lists = asyncio.gather(
             claims(),

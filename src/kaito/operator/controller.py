@@ -77,7 +77,7 @@ class Controller:
         async with self.semaphore:
             workspace = parse(body)  # once per pass; a SpecError becomes a condition
             observed = (
-                await self.kube.observe(workspace, self.options)
+                await self.kube.observe(workspace, self.options, check_names=not _deleting(body))
                 if isinstance(workspace, Workspace)
                 else Observed()
             )
@@ -242,6 +242,10 @@ class Controller:
             self.settings.error_backoff_seconds,
             self.settings.error_backoff_max_seconds,
         )
+
+
+def _deleting(body: Mapping[str, Any]) -> bool:
+    return bool((body.get("metadata") or {}).get("deletionTimestamp"))
 
 
 def _generation(body: Mapping[str, Any]) -> int:

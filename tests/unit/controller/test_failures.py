@@ -300,3 +300,29 @@ def test_troubleshooting_explains_every_failure_reason() -> None:
         RECONCILE_ERROR,
     }
     assert sorted(r for r in reasons if f"`{r}`" not in text) == []
+
+
+async def test_a_taken_name_stops_a_pass_but_never_a_deletion() -> None:
+    from kaito.api.workspace import parse_workspace
+    from tests.unit.controller.builders import OPTIONS
+    from tests.unit.controller.test_k8s_client import empty_list
+
+    ns, name = "default", "workspace-tuning-phi-3"
+    theirs = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": ns}}
+    routes = {
+        ("GET", "/apis/karpenter.sh/v1/nodeclaims"): empty_list("NodeClaim"),
+        ("GET", "/api/v1/nodes"): empty_list("Node"),
+        ("GET", f"/api/v1/namespaces/{ns}/services"): empty_list("Service"),
+        ("GET", f"/api/v1/namespaces/{ns}/pods"): empty_list("Pod"),
+        ("GET", f"/apis/apps/v1/namespaces/{ns}/controllerrevisions"): empty_list("X"),
+        ("GET", f"/apis/batch/v1/namespaces/{ns}/jobs/{name}"): (200, theirs),
+        ("GET", f"/apis/batch/v1/namespaces/{ns}/jobs/{name}-preflight"): not_found(),
+        ("GET", f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}-results"): not_found(),
+        ("GET", f"/api/v1/namespaces/{ns}/configmaps/qlora-params-template"): not_found(),
+        ("GET", "/api/v1/namespaces/kaito-system/configmaps/qlora-params-template"): not_found(),
+    }
+    workspace = parse_workspace(legacy_tuning())
+    with pytest.raises(NameConflictError, match=f"Job {ns}/{name} already exists"):
+        await FakeApiServer(routes).kube().observe(workspace, OPTIONS)
+    observed = await FakeApiServer(routes).kube().observe(workspace, OPTIONS, check_names=False)
+    assert observed.nodeclaims == ()
