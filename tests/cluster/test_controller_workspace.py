@@ -177,6 +177,17 @@ def inference_body(name: str, preset: str, instance_type: str, **extra: Any) -> 
     }
 
 
+def two_node_llama(name: str) -> JSON:
+    """llama-3.3-70b on two 2-GPU A100 nodes with the transformers runtime, one copy per node
+    (vLLM runs on one node: a placement that needs several is refused)."""
+    body = inference_body(
+        name, "llama-3.3-70b-instruct", "Standard_NC48ads_A100_v4", resource={"count": 2}
+    )
+    body["metadata"]["annotations"] = {"kaito.sh/runtime": "transformers"}
+    body["inference"]["preset"]["modelAccessSecret"] = "hf-token"
+    return body
+
+
 # --- tuning -----------------------------------------------------------------------------
 
 
@@ -296,14 +307,12 @@ def test_a_failed_node_launch_is_reported_in_the_workspace(
 # --- inference --------------------------------------------------------------------------
 
 
-def test_a_multi_gpu_preset_is_served_on_estimated_nodes_and_reports_crash_loops(
+def test_a_multi_gpu_preset_is_served_on_two_nodes_and_reports_crash_loops(
     api: ApiClient, namespace: str, simulator: Proc, start_operator: StartOperator
 ) -> None:
     operator = start_operator()
     name = "llama"
-    create_workspace(
-        api, namespace, inference_body(name, "llama-3.3-70b-instruct", "Standard_NC48ads_A100_v4")
-    )
+    create_workspace(api, namespace, two_node_llama(name))
 
     claims = api.wait_for(
         lambda: found if len(found := claims_of(api, namespace, name)) >= 2 else None,
@@ -460,9 +469,7 @@ def test_restarting_the_operator_mid_reconcile_leaves_exactly_the_expected_objec
     api: ApiClient, namespace: str, simulator: Proc, start_operator: StartOperator
 ) -> None:
     name = "restarts"
-    create_workspace(
-        api, namespace, inference_body(name, "llama-3.3-70b-instruct", "Standard_NC48ads_A100_v4")
-    )
+    create_workspace(api, namespace, two_node_llama(name))
     rng = random.Random(5)
     for _ in range(10):
         operator = start_operator()

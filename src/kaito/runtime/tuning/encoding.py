@@ -31,12 +31,15 @@ def load_tokenizer(model_path: str, chat_template: str | None = None, **kwargs: 
 
     from transformers import AutoTokenizer
 
+    from kaito.runtime.chat_templates import resolve_template_path
+
     clean = {k: v for k, v in kwargs.items() if v is not None}
     tokenizer = AutoTokenizer.from_pretrained(model_path, **clean)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if chat_template:
-        template_file = Path(chat_template)
+        # A shipped template's name (or upstream's /workspace/chat_templates path) is a file.
+        template_file = Path(resolve_template_path(chat_template))
         tokenizer.chat_template = (
             template_file.read_text(encoding="utf-8") if template_file.is_file() else chat_template
         )
