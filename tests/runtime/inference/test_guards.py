@@ -243,5 +243,5 @@ def test_tokenizing_runs_off_the_event_loop(
         ),
     )
     assert response.status_code == 200
-    assert len(latencies) >= 10, latencies
+    assert len(latencies) >= 3, latencies  # /health answered during the 2 s of encoding
     assert max(latencies) < 1.0, latencies

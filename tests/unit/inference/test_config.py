@@ -159,3 +159,43 @@ def test_the_server_process_exits_nonzero_when_the_model_cannot_load(tmp_path: P
     finished = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
     assert finished.returncode == 1
     assert "model load failed" in finished.stderr
+
+
+def test_adapter_strengths_come_from_flags_and_the_config_file(tmp_path: Path) -> None:
+    file = tmp_path / "inference_config.yaml"
+    file.write_text("adapter_strengths:\n  a: 0.5\n  b: 1\n")
+    config = parse_args(
+        ["--config", str(file), "--adapter-strength", "b=0.25", "--adapter-strength=c=0"],
+        environ={},
+    )
+    assert config.adapter_strengths == {"a": 0.5, "b": 0.25, "c": 0.0}
+    with pytest.raises(ConfigError, match="'d' has a strength that is not a number"):
+        parse_args(["--adapter-strength", "d=strong"], environ={})
+    with pytest.raises(ConfigError, match="NAME=VALUE"):
+        parse_args(["--adapter-strength", "0.5"], environ={})
+
+
+def test_the_api_key_file_wins_and_its_errors_never_quote_it(tmp_path: Path) -> None:
+    key = tmp_path / "api-key"
+    key.write_text("  from-the-secret\n")
+    config = parse_args(["--api-key", "flag"], environ={"KAITO_API_KEY_FILE": str(key)})
+    assert config.api_key == "from-the-secret"
+    assert "from-the-secret" not in repr(config)
+    assert parse_args([], environ={"KAITO_API_KEY": "env"}).api_key == "env"
+    key.write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        parse_args(["--api-key-file", str(key)], environ={})
+    key.write_bytes(b"\xff\xfe secret bytes")
+    with pytest.raises(ConfigError) as raised:
+        parse_args(["--api-key-file", str(key)], environ={})
+    assert "secret" not in str(raised.value).replace(str(key), "")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [([], 4 * 1024 * 1024), (["--max-body-bytes", "1024"], 1024)],
+)
+def test_the_body_limit_defaults_to_4_mib_and_has_a_floor(argv: list[str], expected: int) -> None:
+    assert parse_args(argv, environ={}).max_body_bytes == expected
+    with pytest.raises(ConfigError, match="max-body-bytes"):
+        parse_args(["--max-body-bytes", "1023"], environ={})
