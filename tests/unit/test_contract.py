@@ -10,10 +10,10 @@ from types import ModuleType
 
 import pytest
 
-from kaito.contract import files, inference, progress, training
+from kaito.contract import files, inference, progress, result, training
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "kaito"
-MODULES: tuple[ModuleType, ...] = (files, inference, progress, training)
+MODULES: tuple[ModuleType, ...] = (files, inference, progress, result, training)
 # Contract values that are also ordinary words elsewhere, with the reason.
 SHARED_WORDS = {
     "vllm": "also the name of a runtime and an engine (presets, manifests, server flags)",
@@ -218,3 +218,26 @@ def test_the_reader_drops_non_finite_numbers() -> None:
 def test_phases_are_the_literal_type() -> None:
     assert progress.PHASES[0] == "preparing" and "completed" in progress.PHASES
     assert progress.Progress().phase in progress.PHASES
+
+
+# The pusher's result line.
+
+
+def test_the_pushed_entry_reads_back_from_a_result_line() -> None:
+    line = json.dumps({"ok": True, **result.pushed_entry("r.io/a:1", "sha256:" + "ab" * 32)})
+    assert result.read_pushed(line) == ("r.io/a:1", "sha256:" + "ab" * 32)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [None, "", "Error: killed", '{"ok": true}', '{"pushed": {"reference": "r.io/a:1"}}', "[1]"],
+)
+def test_a_line_without_a_pushed_digest_names_no_adapter(message: str | None) -> None:
+    assert result.read_pushed(message) is None
+
+
+def test_a_pushed_digest_without_a_reference_still_counts() -> None:
+    assert result.read_pushed('{"pushed": {"digest": "sha256:x", "reference": 3}}') == (
+        "",
+        "sha256:x",
+    )

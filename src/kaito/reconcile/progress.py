@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kaito.api.workspace import TuningProgress
 from kaito.contract import progress
+from kaito.contract.result import read_pushed
 
 JSON = dict[str, Any]
 
@@ -74,16 +74,10 @@ def pushed_adapter(pods: Sequence[Mapping[str, Any]]) -> JSON | None:
             if status.get("name") != "pusher":
                 continue
             state = (status.get("state") or {}).get("terminated") or {}
-            try:
-                result = json.loads(state.get("message") or "")
-            except ValueError:
-                continue
-            pushed = result.get("pushed") if isinstance(result, dict) else None
-            if isinstance(pushed, dict) and isinstance(pushed.get("digest"), str):
-                return {
-                    "adapterImage": str(pushed.get("reference") or "")[:1024],
-                    "adapterDigest": pushed["digest"][:128],
-                }
+            pushed = read_pushed(state.get("message"))
+            if pushed is not None:
+                reference, digest = pushed
+                return {"adapterImage": reference[:1024], "adapterDigest": digest[:128]}
     return None
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kaito.contract.files import DATA_DIR, TRAINING_CONFIG_FILE, TRAINING_CONFIG_PATH
+from kaito.contract.result import pushed_entry
 from kaito.runtime.tuning.urls import redact_report, redact_text
 
 EXIT_OK = 0
@@ -246,6 +247,7 @@ def _train(
         "resumed_from": result.resumed_from,
         "metrics": result.metrics,
     }
+    text = f"adapter in {result.output_dir}"
     if args.push:
         from kaito.runtime.oci.adapter import push_adapter
 
@@ -261,10 +263,6 @@ def _train(
         except RegistryError as exc:
             document.update(ok=False, error=str(exc))
             return _emit(args, document, f"error: push failed: {exc}", EXIT_FAILED)
-        document["pushed"] = {"reference": pushed.reference, "digest": pushed.digest}
-    text = f"adapter in {result.output_dir}" + (
-        f"; pushed {document['pushed']['reference']}@{document['pushed']['digest']}"
-        if "pushed" in document
-        else ""
-    )
+        document.update(pushed_entry(pushed.reference, pushed.digest))
+        text += f"; pushed {pushed.reference}@{pushed.digest}"
     return _emit(args, document, text, EXIT_OK)
