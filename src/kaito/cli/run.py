@@ -120,14 +120,21 @@ def serve_plan(
     docker_config: Path | None,
 ) -> None:
     """Start the inference server in the foreground until Ctrl-C or SIGTERM."""
-    from kaito.local.run import model_path, prepare_adapters, server_args, strength_environment
+    from kaito.local.run import (
+        model_path,
+        prepare_adapters,
+        server_args,
+        serving_engine,
+        strength_environment,
+    )
     from kaito.runtime.inference.config import parse_args
     from kaito.runtime.inference.server import start_server
 
-    weights = model_path(plan.preset, model_dir)
+    engine = serving_engine(plan, model_dir)
+    weights = model_path(plan.preset, model_dir, engine)
     adapters = prepare_adapters(plan, console, docker_config)
     with strength_environment(plan):
-        config = parse_args(server_args(plan, weights, adapters, host, port))
+        config = parse_args(server_args(plan, weights, adapters, host, port, engine=engine))
         with console.status(f"loading {plan.preset.name}"):
             server = start_server(config)
     names = [plan.preset.served_name, *(a.name for a in plan.adapters)]

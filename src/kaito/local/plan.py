@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from kaito.api import FieldError, Workspace, parse_workspace
 from kaito.contract.files import TRAINING_CONFIG_FILE
 from kaito.presets import Catalog, Preset, default_catalog
+from kaito.presets.catalog import select_runtime
 from kaito.presets.validation import validate_workspace
 from kaito.runtime.tuning.urls import ALLOWED_HOSTS_ENV
 
@@ -63,12 +64,13 @@ class AdapterPlan:
 
 @dataclass(frozen=True)
 class ServePlan:
-    """Serve `preset` (plus adapters) with the transformers engine on this machine."""
+    """Serve `preset` (plus adapters) on this machine: llama.cpp for GGUF presets without a GPU."""
 
     name: str
     preset: Preset
     adapters: tuple[AdapterPlan, ...] = ()
     config_file: Path | None = None
+    engine: str = "transformers"  # "llamacpp" where the operator would pick it for this host
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -262,4 +264,13 @@ def _plan_inference(
                 image=source.image,
             )
         )
-    return ServePlan(name=name, preset=preset, adapters=tuple(adapters), config_file=config_file)
+    engine = select_runtime(
+        preset, workspace.annotations, vllm_enabled=False, gpu_node=host.cuda_devices > 0
+    )
+    return ServePlan(
+        name=name,
+        preset=preset,
+        adapters=tuple(adapters),
+        config_file=config_file,
+        engine=engine,
+    )

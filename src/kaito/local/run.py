@@ -43,12 +43,28 @@ def work_dir(name: str) -> Path:
     return cache_dir() / "local" / name
 
 
-def model_path(preset: Preset, override: Path | None = None) -> Path:
-    """The weights directory for a preset on this machine."""
+def serving_engine(plan: ServePlan, override: Path | None = None) -> str:
+    """The plan's engine, or transformers when llama.cpp cannot serve here: no xllamacpp
+    wheel, or a --model-dir without a GGUF file."""
+    import importlib.util
+
+    if plan.engine != "llamacpp" or importlib.util.find_spec("xllamacpp") is None:
+        return "transformers"
+    if override is not None and not any(override.glob("*.gguf")):
+        return "transformers"
+    return "llamacpp"
+
+
+def model_path(preset: Preset, override: Path | None = None, engine: str = "transformers") -> Path:
+    """The weights for a preset on this machine: a directory, or the GGUF file for llama.cpp."""
     if override is not None:
         if not override.is_dir():
             raise LocalModeError(f"--model-dir {override}: not a directory")
         return override
+    if preset.source == "local:smollm2" and engine == "llamacpp":
+        from kaito.runtime.small_model import gguf_path
+
+        return gguf_path()
     if preset.source == "local:smollm2":
         from kaito.runtime.small_model import small_model_path
 
@@ -221,9 +237,12 @@ def server_args(
     host: str,
     port: int,
     log_level: str | None = None,
+    engine: str = "transformers",
 ) -> list[str]:
     """The inference server's flags for a plan (the same flags a pod gets)."""
     args = [
+        "--engine",
+        engine,
         "--model",
         str(weights),
         "--served-model-name",

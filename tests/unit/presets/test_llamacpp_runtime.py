@@ -50,3 +50,15 @@ def test_a_preset_without_gguf_never_gets_llamacpp() -> None:
     assert preset is not None and preset.gguf is None
     assert select_runtime(preset, gpu_node=False) == "vllm"
     assert select_runtime(preset, {"kaito.sh/runtime": "llamacpp"}) == "vllm"
+
+
+def test_local_mode_serves_the_small_preset_with_llamacpp_without_a_gpu() -> None:
+    from kaito.local.plan import HostInfo, ServePlan, plan_workspace
+
+    body = make_workspace("local").inference(SMALL).instance_type(None).obj()
+    laptop = plan_workspace(body, host=HostInfo(memory_gib=16.0))
+    gpu_box = plan_workspace(
+        body, host=HostInfo(memory_gib=64.0, cuda_devices=1, gpu_memory_gib=80.0)
+    )
+    assert isinstance(laptop, ServePlan) and laptop.engine == "llamacpp"
+    assert isinstance(gpu_box, ServePlan) and gpu_box.engine == "transformers"
