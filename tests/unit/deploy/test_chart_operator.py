@@ -16,7 +16,9 @@ def test_the_default_values_make_valid_settings_for_an_in_cluster_operator() -> 
     settings = Settings.from_env(operator_env(render(namespace="kaito")))
     assert settings.release_namespace == "kaito"
     assert settings.runtime_image == "ghcr.io/kaito-project/kaito-python/runtime:0.1.0"
-    assert settings.webhook_enabled and settings.webhook_managed
+    # The chart installs the webhook configuration; the operator only writes its CA into it.
+    assert settings.webhook_enabled and not settings.webhook_managed
+    assert settings.webhook_configuration == "validation.workspace.kaito.sh"
     assert settings.webhook_service == "kaito/kaito-webhook"
     assert settings.webhook_host == ""
     assert settings.liveness_endpoint == "http://0.0.0.0:8080/healthz"
@@ -86,8 +88,20 @@ def test_with_cert_manager_the_chart_registers_the_webhook_and_mounts_the_certif
     assert settings.webhook_cert_dir == "/etc/kaito/webhook-certs"
 
 
-def test_without_cert_manager_the_operator_registers_the_webhook_itself() -> None:
-    kinds = {o["kind"] for o in render()}
-    assert "ValidatingWebhookConfiguration" not in kinds
+def test_without_cert_manager_the_chart_installs_the_webhook_and_the_operator_its_ca() -> None:
+    objects = render()
+    kinds = {o["kind"] for o in objects}
+    config = find(objects, "ValidatingWebhookConfiguration")
+    assert "cert-manager.io/inject-ca-from" not in (config["metadata"].get("annotations") or {})
+    assert config["webhooks"][0]["clientConfig"]["service"]["name"] == "kaito-webhook"
     assert "Certificate" not in kinds
     assert "Service" in kinds
+
+
+def test_with_a_host_override_the_webhook_calls_the_operator_directly() -> None:
+    objects = render({"webhook.hostOverride": "127.0.0.1", "webhook.port": 9555})
+    config = find(objects, "ValidatingWebhookConfiguration")
+    assert config["webhooks"][0]["clientConfig"] == {"url": "https://127.0.0.1:9555/workspace"}
+    assert Settings.from_env(operator_env(objects)).webhook_configuration == (
+        "validation.workspace.kaito.sh"
+    )
