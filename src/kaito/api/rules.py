@@ -90,6 +90,28 @@ RULES: tuple[CelRule, ...] = (
     # --- whole object (no spec wrapper: these sit on the root schema) ---
     CelRule(
         ROOT,
+        "!has(self.spec) || !has(self.spec.replicas) || self.spec.replicas <= 1 "
+        "|| (has(self.inference) && (!has(self.resource) || !has(self.resource.count) "
+        "|| self.resource.count <= 1))",
+        "spec.replicas above 1 needs inference on one node per replica (tuning runs one Job, "
+        "resource.count above 1 is one multi-node replica): set spec.replicas to 1",
+        field=".spec.replicas",
+        check=lambda s: (
+            not _has(_get(s, "spec"), "replicas")
+            or s["spec"]["replicas"] is None
+            or s["spec"]["replicas"] <= 1
+            or (
+                _has(s, "inference")
+                and (
+                    not _has(_get(s, "resource"), "count")
+                    or s["resource"]["count"] is None
+                    or s["resource"]["count"] <= 1
+                )
+            )
+        ),
+    ),
+    CelRule(
+        ROOT,
         "has(self.inference) || has(self.tuning)",
         "set exactly one of 'inference' (serve a model) or 'tuning' (fine-tune one); "
         "neither is set",

@@ -339,6 +339,24 @@ class TuningProgress(_Model):
     updated_at: str | None = Field(default=None, description="RFC 3339 time of the report.")
 
 
+class ScaleSpec(_Model):
+    """The replica count the scale subresource (`kubectl scale`, HPA, KEDA) reads and writes.
+
+    The apiserver requires the scale subresource's replica path under `.spec`, and the
+    Workspace keeps its fields at the root, so `spec` holds only this.
+    """
+
+    replicas: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_NODE_COUNT,
+        description=(
+            "Inference replicas (default 1), each on its own nodes. Above 1 only for inference "
+            "with one node per replica; the StatefulSet and NodeClaims follow it."
+        ),
+    )
+
+
 class WorkspaceStatus(_Model):
     """Observed state, written by the controller."""
 
@@ -348,7 +366,19 @@ class WorkspaceStatus(_Model):
     worker_nodes: list[str] | None = Field(default=None, description="Sorted node names.")
     conditions: list[Condition] | None = Field(default=None, description="Conditions.")
     target_node_count: int | None = Field(
-        default=None, ge=0, description="Nodes the workspace needs; set once."
+        default=None,
+        ge=0,
+        description="Nodes the workspace needs: perReplicaNodeCount x spec.replicas.",
+    )
+    per_replica_node_count: int | None = Field(
+        default=None, ge=0, description="Nodes one inference replica needs; set once."
+    )
+    replicas: int | None = Field(
+        default=None, ge=0, description="Inference replicas that exist (scale subresource)."
+    )
+    ready_replicas: int | None = Field(default=None, ge=0, description="Replicas that are ready.")
+    selector: Annotated[str, StringConstraints(max_length=1024)] | None = Field(
+        default=None, description="Label selector of the inference pods (scale subresource)."
     )
     state: Literal["Pending", "Ready", "NotReady", "Running", "Succeeded", "Failed"] | None = Field(
         default=None, description="Pending, Ready, NotReady, Running, Succeeded or Failed."
@@ -387,6 +417,13 @@ class Workspace(_Model):
     )
     kind: Literal["Workspace"] = Field(default="Workspace", description="Workspace.")
     metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard metadata.")
+    spec: ScaleSpec | None = Field(
+        default=None,
+        description="Scale: spec.replicas (the only field under spec).",
+        # The apiserver answers a scale request only when spec.replicas exists, so the
+        # schema defaults it on every Workspace; the model reads a missing one as 1.
+        json_schema_extra={"default": {"replicas": 1}},
+    )
     resource: ResourceSpec | None = Field(default=None, description="The GPU nodes to use.")
     inference: InferenceSpec | None = Field(
         default=None, description="Serve a model. Exclusive with tuning."
@@ -429,6 +466,13 @@ class Workspace(_Model):
     def node_count(self) -> int:
         """resource.count, treating a missing resource or count as 1 (upstream dereferenced nil)."""
         return self.resource.node_count if self.resource is not None else 1
+
+    @property
+    def replicas(self) -> int:
+        """spec.replicas, treating a missing spec or replicas as 1."""
+        if self.spec is None or self.spec.replicas is None:
+            return 1
+        return self.spec.replicas
 
     @property
     def instance_type(self) -> str:

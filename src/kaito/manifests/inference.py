@@ -6,6 +6,7 @@ import copy
 import math
 from collections.abc import Mapping
 
+from kaito.api.inferenceset import LABEL_INFERENCESET
 from kaito.api.workspace import ANNOTATION_API_KEY_SECRET, ANNOTATION_ENABLE_LB, AdapterSpec
 from kaito.contract.files import (
     ADAPTER_DIR,
@@ -319,7 +320,7 @@ def build_pod_template(ctx: WorkspaceContext) -> JSON:
     if secrets:
         spec["imagePullSecrets"] = secrets
     spec = add_weights_pull(spec, inference.preset if inference else None, ctx.options, ctx.preset)
-    return {"metadata": {"labels": workspace_labels(ctx.workspace)}, "spec": harden_pod_spec(spec)}
+    return {"metadata": {"labels": pod_labels(ctx)}, "spec": harden_pod_spec(spec)}
 
 
 def _custom_pod_template(ctx: WorkspaceContext) -> JSON:
@@ -328,7 +329,7 @@ def _custom_pod_template(ctx: WorkspaceContext) -> JSON:
     assert inference is not None and inference.template is not None
     template: JSON = copy.deepcopy(inference.template)
     meta = template.setdefault("metadata", {})
-    meta["labels"] = {**(meta.get("labels") or {}), **workspace_labels(ctx.workspace)}
+    meta["labels"] = {**(meta.get("labels") or {}), **pod_labels(ctx)}
     spec = template.setdefault("spec", {})
     affinity = node_affinity(ctx.match_labels)
     if affinity is None:
@@ -340,6 +341,15 @@ def _custom_pod_template(ctx: WorkspaceContext) -> JSON:
         *tolerations(ctx.options.cloud_provider),
     ]
     return template
+
+
+def pod_labels(ctx: WorkspaceContext) -> dict[str, str]:
+    """The workspace label, plus its InferenceSet's so one Service fronts the whole set."""
+    labels = workspace_labels(ctx.workspace)
+    inference_set = (ctx.workspace.metadata.labels or {}).get(LABEL_INFERENCESET)
+    if inference_set:
+        labels[LABEL_INFERENCESET] = inference_set
+    return labels
 
 
 def build_statefulset(ctx: WorkspaceContext) -> JSON:
@@ -373,7 +383,10 @@ def build_services(ctx: WorkspaceContext) -> list[JSON]:
     ports: list[JSON] = [
         {"name": "http", "port": SERVICE_PORT, "targetPort": HTTP_PORT, "protocol": "TCP"}
     ]
-    selector = {**workspace_labels(ctx.workspace), LABEL_POD_NAME: f"{ctx.name}-0"}
+    selector = workspace_labels(ctx.workspace)
+    if ctx.workspace.replicas <= 1:
+        # One replica may span nodes: only its leader serves. Replicas each serve alone.
+        selector[LABEL_POD_NAME] = f"{ctx.name}-0"
     main: JSON = {
         "apiVersion": "v1",
         "kind": "Service",

@@ -56,6 +56,15 @@ def node_count_errors(
     """resource.count, or the nodes vLLM's estimate asks for, within the per-Workspace cap."""
     cap = limits.max_nodeclaims_per_workspace
     count = ws.node_count
+    if ws.replicas > cap:
+        # Replicas above 1 run one node each (the CRD refuses more nodes per replica).
+        return [
+            FieldError(
+                "spec.replicas",
+                f"{ws.replicas} replicas need {ws.replicas} nodes, more than the {cap} one "
+                f"Workspace may ask for ({MAX_CLAIMS}): use an InferenceSet for more",
+            )
+        ]
     if count > cap:
         return [
             FieldError(

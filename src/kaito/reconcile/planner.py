@@ -28,6 +28,7 @@ from kaito.reconcile.guard import claim_timeout, refuse_invalid, with_timeout
 from kaito.reconcile.inference import plan_inference
 from kaito.reconcile.nodes import deleting, name_of, picture
 from kaito.reconcile.revisions import plan_revision
+from kaito.reconcile.scale import claims_to_release, frozen_per_replica, replica_status, scaled
 from kaito.reconcile.tuning import plan_preflight, plan_tuning
 from kaito.reconcile.types import JSON, Event, ObjectRef, Observed, Plan
 
@@ -113,7 +114,7 @@ def _plan(
 ) -> Plan:
     rev = plan_revision(body, ws, spec_hash(ws), observed.revisions)
     old = old_status(body)
-    frozen_target = int(old.get("targetNodeCount") or 0)
+    frozen_per = frozen_per_replica(old)
     user_config = (
         observed.config_map(ws.namespace, ws.inference.config)
         if ws.inference is not None and ws.inference.config
@@ -122,10 +123,11 @@ def _plan(
     ctx = resolve(
         ws,
         options,
-        target_nodes=frozen_target or None,
+        target_nodes=frozen_per or None,
         max_model_len=max_model_len(user_config),
         revision=rev.number,
     )
+    ctx, per_replica = scaled(ctx, ws)
     refuse_invalid(ws, options)  # what only the webhook checks, checked again before acting
     preflight_cond: Cond | None = None
     if ws.tuning is not None:
@@ -145,6 +147,7 @@ def _plan(
         ctx = dataclasses.replace(ctx, gpus_per_node=pic.gpus_per_node)
     timeout = claim_timeout(body, pic, options, now=now) if use_claims else None
     new_claims = [] if timeout else [build_nodeclaim(ctx, index) for index in pic.to_create]
+    released = claims_to_release(ctx, pic, observed.pods) if use_claims else ()
     apply: list[JSON] = [*rev.apply, *new_claims]
     conds = node_conditions(ctx, pic, use_claims)
     if timeout is not None:
@@ -177,12 +180,13 @@ def _plan(
         remove=() if use_claims else (c.NODECLAIM_READY,),
         workerNodes=list(pic.ready_nodes),
         targetNodeCount=ctx.target_node_count,
+        **replica_status(ws, per_replica, observed.statefulset),
         state=work.state,
         **({"tuning": work.tuning} if ws.tuning is not None else {}),
     )
     return Plan(
         apply=tuple(apply),
-        delete=(*rev.delete, *work.delete),
+        delete=(*rev.delete, *released, *work.delete),
         status=status,
         annotations=rev.annotations,
         events=tuple(events),

@@ -44,7 +44,12 @@ def test_both_versions_are_served_and_v1beta1_is_stored() -> None:
     assert set(versions) == {"v1alpha1", "v1beta1"}
     assert all(v["served"] for v in versions.values())
     assert versions["v1beta1"]["storage"] and not versions["v1alpha1"]["storage"]
-    assert all(v["subresources"] == {"status": {}} for v in versions.values())
+    scale = {
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
+    }
+    assert all(v["subresources"] == {"status": {}, "scale": scale} for v in versions.values())
 
 
 def test_names_match_upstream() -> None:
@@ -67,7 +72,8 @@ def test_the_schema_is_structural(version: str) -> None:
 
 def test_there_is_no_spec_wrapper_and_rules_sit_on_the_root() -> None:
     schema = _version("v1beta1")["schema"]["openAPIV3Schema"]
-    assert "spec" not in schema["properties"]
+    # `spec` exists only because the scale subresource must point under it.
+    assert set(schema["properties"]["spec"]["properties"]) == {"replicas"}
     assert {"resource", "inference", "tuning", "status"} <= set(schema["properties"])
     root_rules = [r["rule"] for r in schema["x-kubernetes-validations"]]
     assert "has(self.inference) || has(self.tuning)" in root_rules

@@ -79,6 +79,12 @@ INVALID: list[tuple[str, Body, str]] = [
         "tuning",
     ),
     ("tuning on two nodes", adding(tuning_workspace(), "resource.count", 2), "resource.count"),
+    ("tuning with two replicas", adding(tuning_workspace(), "spec", {"replicas": 2}), "spec"),
+    (
+        "two multi-node replicas",
+        adding(make_workspace(SERVE).inference().count(2).obj(), "spec", {"replicas": 2}),
+        "spec",
+    ),
     ("zero nodes", adding(inference_workspace(), "resource.count", 0), "resource.count"),
     ("too many nodes", adding(inference_workspace(), "resource.count", 1000), "resource.count"),
     ("unknown method", with_(tuning_workspace(), "tuning.method", "full"), "tuning.method"),
