@@ -79,7 +79,9 @@ def _check(case: dict[str, Any]) -> str | None:
             step = "LoRA config"
             LoRAConfig(max_lora_rank=engine.max_lora_rank, max_loras=engine.max_loras)
     except Exception as exc:
-        return f"{step}: {type(exc).__name__}: {exc}".splitlines()[0]
+        # pydantic puts the field and the rule on the lines after its summary line.
+        detail = " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        return f"{step}: {type(exc).__name__}: {detail}"[:500]
     finally:
         os.environ.clear()
         os.environ.update(saved)
