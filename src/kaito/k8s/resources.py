@@ -22,6 +22,7 @@ from lightkube.resources.core_v1 import (
 from lightkube.resources.rbac_authorization_v1 import Role, RoleBinding
 
 Workspace = create_namespaced_resource("kaito.sh", "v1beta1", "Workspace", "workspaces")
+InferenceSet = create_namespaced_resource("kaito.sh", "v1beta1", "InferenceSet", "inferencesets")
 NodeClaim = create_global_resource("karpenter.sh", "v1", "NodeClaim", "nodeclaims")
 
 RESOURCES: dict[tuple[str, str], Any] = {
@@ -44,6 +45,7 @@ RESOURCES: dict[tuple[str, str], Any] = {
         ValidatingWebhookConfiguration
     ),
     ("kaito.sh/v1beta1", "Workspace"): Workspace,
+    ("kaito.sh/v1beta1", "InferenceSet"): InferenceSet,
 }
 
 

@@ -10,6 +10,8 @@ import kopf
 from kaito.k8s.client import Kube
 from kaito.manifests.keys import FINALIZER, LABEL_WORKSPACE
 from kaito.operator.controller import Controller
+from kaito.operator.inferenceset import register_reconcile as register_inferenceset_reconcile
+from kaito.operator.inferenceset import register_webhook as register_inferenceset_webhook
 from kaito.operator.settings import Settings
 from kaito.operator.webhook import (
     WEBHOOK_HANDLER_ID,
@@ -111,6 +113,7 @@ def _register_reconcile(registry: kopf.OperatorRegistry) -> None:
         if controller is not None:
             controller.wake_for_child(body, namespace)
 
+    register_inferenceset_reconcile(registry)
     for resource in (
         ("karpenter.sh", "v1", "nodeclaims"),
         ("apps", "v1", "statefulsets"),
@@ -121,6 +124,8 @@ def _register_reconcile(registry: kopf.OperatorRegistry) -> None:
 
 
 def _register_webhook(registry: kopf.OperatorRegistry) -> None:
+    register_inferenceset_webhook(registry)
+
     # kopf refuses to start with admission handlers but no server, so only when enabled.
     # An explicit id: the generated one is not a valid webhook name. Persistent: kopf keeps
     # it in a managed configuration when the operator stops (failurePolicy Fail), so a

@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kaito.api.inferenceset
 import kaito.k8s.client
+import kaito.k8s.inferenceset
 import kaito.k8s.lease
 import kaito.manifests
 import kaito.reconcile
@@ -37,6 +39,7 @@ CLIENT_VERBS = {
 KOPF = {
     # finalizer and its progress/diff-base annotations
     ("kaito.sh", "workspaces", "patch"),
+    ("kaito.sh", "inferencesets", "patch"),
     # it re-scans resources when CRDs come and go
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
@@ -62,9 +65,9 @@ def resource_argument(node: ast.expr) -> Any | None:
 
 
 def direct_calls() -> Iterator[Permission]:
-    """Calls with a fixed resource class in kaito.k8s.client (reads, status, events)."""
-    tree = ast.parse(inspect.getsource(kaito.k8s.client))
-    for node in ast.walk(tree):
+    """Calls with a fixed resource class in kaito.k8s (reads, status, events)."""
+    trees = [ast.parse(inspect.getsource(m)) for m in (kaito.k8s.client, kaito.k8s.inferenceset)]
+    for node in (node for tree in trees for node in ast.walk(tree)):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args):
             continue
         verb = CLIENT_VERBS.get(node.func.attr)
@@ -108,6 +111,12 @@ def applied_kinds() -> Iterator[Permission]:
                     yield group, plural, "patch"
 
 
+def set_members() -> Iterator[Permission]:
+    """The Workspaces an InferenceSet applies (kaito.api.inferenceset builds them)."""
+    if '"kind": "Workspace"' in inspect.getsource(kaito.api.inferenceset):
+        yield from (("kaito.sh", "workspaces", verb) for verb in ("get", "create", "patch"))
+
+
 def deleted_kinds() -> Iterator[Permission]:
     """Kube.delete of the planner's ObjectRefs (any module of kaito.reconcile builds them)."""
     sources = sorted(Path(kaito.reconcile.__file__).parent.glob("*.py"))
@@ -146,7 +155,15 @@ GRANTED_ONWARD = {("rbac.authorization.k8s.io", "clusterroles", "bind")}
 
 
 def used_by_the_code(*, namespaced: bool = False) -> set[Permission]:
-    used = {*direct_calls(), *applied_kinds(), *deleted_kinds(), *watched(), *KOPF, *GRANTED_ONWARD}
+    used = {
+        *direct_calls(),
+        *applied_kinds(),
+        *set_members(),
+        *deleted_kinds(),
+        *watched(),
+        *KOPF,
+        *GRANTED_ONWARD,
+    }
     return used | KOPF_NAMESPACED if namespaced else used
 
 
