@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from kaito import __version__
+from kaito.cli import autoscale as autoscale_cli
 from kaito.cli import demo, dev, serve
 from kaito.cli import models as models_cli
 from kaito.cli import operator as operator_cli
@@ -39,6 +40,7 @@ app.add_typer(operator_cli.app, name="operator")
 app.add_typer(models_cli.app, name="models")
 app.command(name="run")(run)
 app.command(name="chat")(chat)
+app.command(name="autoscale")(autoscale_cli.autoscale)
 
 if __name__ == "__main__":
     app()
