@@ -83,3 +83,16 @@ def registry(
     except ImageBuildError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(1) from error
+
+
+@app.command()
+def prune() -> None:
+    """Free disk: delete the builder's layer cache (the next build starts cold)."""
+    from kaito.devcluster.images import Builder, ImageBuildError
+
+    try:
+        Builder().prune()
+    except ImageBuildError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from error
+    typer.echo("layer cache pruned")

@@ -192,7 +192,9 @@ class Builder:
         return config
 
     def clean(self, keep: Iterable[str]) -> None:
-        """Drop working containers, older kaito tags and the layers only they used."""
+        """Drop working containers and older kaito tags. The untagged intermediate images stay:
+        they are the layer cache (`rmi --prune` would delete them and force a full rebuild);
+        `kaito dev images prune` removes them when disk matters more."""
         self.run("rm", "--all", check=False)
         wanted = set(keep)
         listing = json.loads(self.run("images", "--json").stdout or "[]")
@@ -206,8 +208,11 @@ class Builder:
                 and n not in wanted
             ]
             if stale and len(stale) == len(names):
-                self.run("rmi", "--force", *stale, check=False)
-        # Each prune frees the leaves of the chains just untagged; repeat until none is left.
+                self.run("rmi", *stale, check=False)
+
+    def prune(self) -> None:
+        """Everything but the tagged images: working containers and the layer cache."""
+        self.run("rm", "--all", check=False)
         for _ in range(20):
             result = self.run("rmi", "--prune", check=False)
             if result.returncode != 0 or not result.stdout.strip():
@@ -401,9 +406,9 @@ def _build_images(
             builder.run(
                 "push",
                 "--tls-verify=false",
-                # Loopback registry: compressing GBs of CUDA libraries costs minutes and saves
-                # nothing a kubelet on this machine would notice.
-                "--disable-compression",
+                # Layers stay gzip (the default): buildah's blob-info cache then knows each
+                # layer's compressed digest in this registry, so a re-push after a change under
+                # src/ sends only the new layers (with --disable-compression it re-sent GBs).
                 local_name,
                 f"docker://{reference}",
             )
