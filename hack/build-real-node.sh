@@ -17,7 +17,7 @@ BASE="$KAITO_HOME/k8s/$K8S_VERSION"
 OUT="${K8S_BIN_DIR:-$BASE/bin}"
 WORK="$BASE/build"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-IMAGES_VERSION="1"   # bump when hack/node-images/ changes
+IMAGES_VERSION="2"   # bump when hack/node-images/ changes
 
 log() { printf '\033[1m[real-node]\033[0m %s\n' "$*" >&2; }
 command -v go >/dev/null || { echo "go is required to build kubelet and kube-proxy" >&2; exit 1; }

@@ -72,12 +72,12 @@ def probe_pod(name: str, image: str) -> JSON:
     }
 
 
-def service(name: str) -> JSON:
+def service(name: str, app: str) -> JSON:
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": name},
-        "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]},
+        "spec": {"selector": {"app": app}, "ports": [{"port": 80, "targetPort": 8080}]},
     }
 
 
@@ -172,14 +172,24 @@ def test_a_pod_on_the_real_node_logs_execs_serves_and_reaches_the_apiserver(
 
     assert get_text(f"http://{pod_ip}:8080/") == "probe probe\n"
 
-    kubectl("apply", "-f", "-", input=json.dumps(service("probe")))
-    cluster_ip = api.get(f"/api/v1/namespaces/{namespace}/services/probe")["spec"]["clusterIP"]
+    kubectl("apply", "-f", "-", input=json.dumps(service("probe-svc", app="probe")))
+    path = f"/api/v1/namespaces/{namespace}/services/probe-svc"
+    cluster_ip = api.get(path)["spec"]["clusterIP"]
     started = time.monotonic()
     answer = eventually(
         lambda: get_text(f"http://{cluster_ip}/"), api, "the ClusterIP Service", timeout_s=30
     )
     assert answer == "probe probe\n"
     print(f"ClusterIP answered {time.monotonic() - started:.1f} s after the Service was created")
+
+    # The cluster DNS answers Service names (what in-cluster clients such as kopf use) and
+    # nothing outside the cluster.
+    resolve = f"http://{pod_ip}:8080/resolve?name="
+    assert get_text(f"{resolve}kubernetes.default.svc") == "10.0.0.1"
+    assert get_text(f"{resolve}probe-svc.{namespace}.svc.cluster.local") == cluster_ip
+    assert get_text(f"{resolve}probe-svc") == cluster_ip  # the pod's namespace is searched
+    with pytest.raises(httpx.HTTPStatusError):
+        get_text(f"{resolve}example.com")
 
     # The pod calls https://$KUBERNETES_SERVICE_HOST (the `kubernetes` Service) with its token.
     status, _, body = get_text(f"http://{pod_ip}:8080/apiserver").partition(" ")

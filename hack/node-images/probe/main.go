@@ -1,8 +1,9 @@
 // Command probe is the workload of the real-node tests: it logs, serves HTTP, and checks that the
 // pod reaches the apiserver through the `kubernetes` Service, all from one static binary.
 //
-//	probe serve ADDR   log a line, then answer GET / with the pod's name and GET /apiserver
+//	probe serve ADDR   log a line, then answer GET / with the pod's name, GET /apiserver
 //	                   with the status of the apiserver's /version (ServiceAccount credentials)
+//	                   and GET /resolve?name=N with N's addresses (the cluster DNS)
 //	probe echo WORDS   print WORDS (what `kubectl exec` runs)
 package main
 
@@ -52,6 +53,14 @@ func serve(addr string) {
 			return
 		}
 		fmt.Fprintf(w, "%d %s", status, body)
+	})
+	http.HandleFunc("/resolve", func(w http.ResponseWriter, r *http.Request) {
+		addresses, err := net.LookupHost(r.URL.Query().Get("name"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		}
+		fmt.Fprint(w, strings.Join(addresses, " "))
 	})
 	listener, err := net.Listen("tcp", addr)
 	if err != nil {

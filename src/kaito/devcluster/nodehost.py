@@ -11,16 +11,24 @@ it must start fast and import nothing of the operator.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
+import re
 import signal
+import socket
+import ssl
+import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 STOP_GRACE_S = 10.0
+DNS_TTL_S = 5
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def _log(message: str) -> None:
@@ -61,6 +69,100 @@ def kill_all(pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
+
+
+class ClusterDns:
+    """Answers A queries for `<service>.<namespace>.svc.<domain>` with the Service's ClusterIP.
+
+    The cluster's only DNS: pods (kopf's in-cluster login uses `kubernetes.default.svc`) find
+    Services by name. Other names get NXDOMAIN: nothing is forwarded beyond the cluster.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.address: str = config["address"]
+        self.domain: str = config["domain"]
+        self.host, self.port = config["server"], int(config["port"])
+        self.context = ssl.create_default_context(cafile=config["ca"])
+        self.context.load_cert_chain(config["cert"], config["key"])
+        self.cache: dict[tuple[str, str], tuple[float, str | None]] = {}
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.bind((self.address, 53))
+
+    def cluster_ip(self, name: str, namespace: str) -> str | None:
+        now = time.monotonic()
+        cached = self.cache.get((namespace, name))
+        if cached is not None and now - cached[0] < 1.0:
+            return cached[1]
+        connection = http.client.HTTPSConnection(
+            self.host, self.port, context=self.context, timeout=5
+        )
+        try:
+            # kube-proxy's role may list Services, not get one.
+            connection.request(
+                "GET",
+                f"/api/v1/namespaces/{namespace}/services?fieldSelector=metadata.name%3D{name}",
+            )
+            response = connection.getresponse()
+            body = response.read()
+        finally:
+            connection.close()
+        ip = None
+        if response.status == 200:
+            for item in json.loads(body).get("items", []):
+                ip = item.get("spec", {}).get("clusterIP")
+            if ip in ("None", ""):
+                ip = None
+        self.cache[(namespace, name)] = (now, ip)
+        return ip
+
+    def lookup(self, qname: str) -> str | None:
+        labels = qname.rstrip(".").lower().split(".")
+        suffix = ["svc", *self.domain.split(".")]
+        if len(labels) != 2 + len(suffix) or labels[2:] != suffix:
+            return None
+        if not all(DNS_LABEL.fullmatch(label) for label in labels[:2]):
+            return None
+        return self.cluster_ip(labels[0], labels[1])
+
+    def answer(self, query: bytes) -> bytes | None:
+        if len(query) < 12:
+            return None
+        ident, flags, qdcount = struct.unpack("!HHH", query[:6])
+        if flags & 0x8000 or qdcount != 1:
+            return None
+        labels, offset = [], 12
+        while offset < len(query) and query[offset] != 0:
+            length = query[offset]
+            labels.append(query[offset + 1 : offset + 1 + length].decode(errors="replace"))
+            offset += 1 + length
+        question_end = offset + 5
+        if question_end > len(query):
+            return None
+        qtype = struct.unpack("!H", query[offset + 1 : offset + 3])[0]
+        question = query[12:question_end]
+        try:
+            ip = self.lookup(".".join(labels))
+        except (OSError, ValueError, http.client.HTTPException):
+            ip = None
+        recursion = flags & 0x0100
+        if ip is None:
+            header = struct.pack("!HHHHHH", ident, 0x8403 | recursion, 1, 0, 0, 0)
+            return header + question
+        if qtype != 1:  # the name exists, but has only an A record
+            return struct.pack("!HHHHHH", ident, 0x8400 | recursion, 1, 0, 0, 0) + question
+        record = struct.pack("!HHHIH", 0xC00C, 1, 1, DNS_TTL_S, 4) + socket.inet_aton(ip)
+        return struct.pack("!HHHHHH", ident, 0x8400 | recursion, 1, 1, 0, 0) + question + record
+
+    def serve(self) -> None:
+        while True:
+            try:
+                query, peer = self.socket.recvfrom(512)
+            except OSError:
+                return
+            reply = self.answer(query)
+            if reply is not None:
+                with contextlib.suppress(OSError):
+                    self.socket.sendto(reply, peer)
 
 
 class NodeHost:
@@ -122,6 +224,8 @@ class NodeHost:
         self.spawn("containerd", self.config["containerd"])
         self.wait_socket(self.config["containerd_socket"], 30)
         self.import_images()
+        dns = ClusterDns(self.config["dns"])
+        threading.Thread(target=dns.serve, name="cluster-dns", daemon=True).start()
         self.spawn("kubelet", self.config["kubelet"])
         self.spawn("kube-proxy", self.config["kube_proxy"])
         Path(self.config["ready_file"]).write_text("ready")

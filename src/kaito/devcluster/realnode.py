@@ -43,6 +43,7 @@ NODE_IP = "10.245.0.1"
 NODE_NETWORK = "10.245.0.0/24"
 POD_RANGE = ("10.245.0.16", "10.245.0.254")
 NODE_NAME = "kaito-real-node"
+CLUSTER_DOMAIN = "cluster.local"
 NODE_LABEL = "kaito.sh/real-node"
 # Only pods that tolerate this land on the real node: kwok nodes are untainted, and the cluster
 # tier's placeholder pods (images that do not exist) must never be pulled here.
@@ -51,7 +52,7 @@ TOLERATION = {"key": NODE_LABEL, "operator": "Equal", "value": "true", "effect":
 STATE_DIR = Path("/run/kaito-real-node")
 CGROUP_ROOT = "/kaito-real-node"
 PAUSE_IMAGE = "kaito.local/pause:1"
-PROBE_IMAGE = "kaito.local/probe:1"
+PROBE_IMAGE = "kaito.local/probe:2"
 CNI_BIN_DIR = Path("/usr/lib/cni")
 CNI_PLUGINS = ("bridge", "host-local", "portmap", "loopback")
 COMMANDS = ("containerd", "ctr", "runc", "iptables", "ip6tables", "ip", "mount", "unshare")
@@ -562,6 +563,16 @@ class RealNode:
             "cgroup_root": CGROUP_ROOT,
             "containerd_socket": self.containerd_socket,
             "images": [str(p) for p in images.values()],
+            # kube-proxy's identity may read Services, all the cluster DNS needs.
+            "dns": {
+                "address": NODE_IP,
+                "domain": CLUSTER_DOMAIN,
+                "server": plane.bind_address,
+                "port": plane.ports.apiserver,
+                "ca": str(ca.cert),
+                "cert": str(proxy_client.cert),
+                "key": str(proxy_client.key),
+            },
             "containerd": ["containerd", f"--config={containerd_config}"],
             "kubelet": [
                 str(bins / "kubelet"),
@@ -673,7 +684,9 @@ class RealNode:
             "failCgroupV1": False,
             "failSwapOn": False,
             "registerWithTaints": [NODE_TAINT],
-            "clusterDomain": "cluster.local",
+            # The node host answers Service names on the bridge address (nodehost.ClusterDns).
+            "clusterDNS": [NODE_IP],
+            "clusterDomain": CLUSTER_DOMAIN,
             "serializeImagePulls": False,
             # Images are the slow part of a warm run: never collect them (100 disables GC).
             "imageGCHighThresholdPercent": 100,
