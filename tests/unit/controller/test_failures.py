@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import json
 import time
@@ -326,3 +327,59 @@ async def test_a_taken_name_stops_a_pass_but_never_a_deletion() -> None:
         await FakeApiServer(routes).kube().observe(workspace, OPTIONS)
     observed = await FakeApiServer(routes).kube().observe(workspace, OPTIONS, check_names=False)
     assert observed.nodeclaims == ()
+
+
+def test_the_webhook_handler_stays_registered_when_the_operator_stops() -> None:
+    from kaito.operator.handlers import build_registry
+
+    registry = build_registry(Settings(webhook_enabled=True))
+    handlers = registry._webhooks.get_all_handlers()
+    assert "workspace" in [h.id for h in handlers]
+    for handler in handlers:
+        assert handler.persistent is True  # kopf keeps it in the configuration on exit
+        assert not handler.ignore_failures  # failurePolicy Fail
+
+
+async def test_the_ca_is_written_into_the_charts_configuration_and_nothing_else() -> None:
+    from kaito.operator.webhook import WEBHOOK_ENTRY, CaPublisher
+
+    async def server(fn: Any) -> Any:
+        yield {"url": "https://127.0.0.1:9443", "caBundle": "Q0E="}
+
+    api = FakeApiServer()
+    publisher = CaPublisher(server, api.kube(), "validation.workspace.kaito.sh")  # type: ignore[arg-type]
+    configs = [config async for config in publisher(lambda *_: None)]
+    assert configs == [{"url": "https://127.0.0.1:9443", "caBundle": "Q0E="}]
+    (request,) = api.requests
+    assert request.method == "PATCH"
+    assert request.url.path == (
+        "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/"
+        "validation.workspace.kaito.sh"
+    )
+    assert request.headers["content-type"] == "application/strategic-merge-patch+json"
+    assert json.loads(request.content) == {
+        "webhooks": [{"name": WEBHOOK_ENTRY, "clientConfig": {"caBundle": "Q0E="}}]
+    }
+
+
+async def test_shared_tuning_objects_are_owned_by_their_label_not_by_name() -> None:
+    from tests.unit.controller.test_k8s_client import OWNER
+
+    path = "/api/v1/namespaces/ns/serviceaccounts/kaito-tuning"
+    desired = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": "kaito-tuning",
+            "namespace": "ns",
+            "labels": {"app.kubernetes.io/managed-by": "kaito"},
+        },
+    }
+    kaitos = copy.deepcopy(desired)
+    ok = FakeApiServer({("GET", path): (200, kaitos)})
+    await ok.kube().apply(desired, OWNER)
+    assert [r.method for r in ok.requests] == ["GET", "PATCH"]
+    someone = {**desired, "metadata": {"name": "kaito-tuning", "namespace": "ns"}}
+    taken = FakeApiServer({("GET", path): (200, someone)})
+    with pytest.raises(NameConflictError, match="ServiceAccount ns/kaito-tuning"):
+        await taken.kube().apply(desired, OWNER)
