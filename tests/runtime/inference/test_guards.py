@@ -225,6 +225,9 @@ def test_health_answers_within_a_second_while_a_maximum_size_request_is_processe
     assert max(latencies) < 1.0, latencies
 
 
+ENCODE_S = 4.0
+
+
 def test_tokenizing_runs_off_the_event_loop(
     server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -232,7 +235,7 @@ def test_tokenizing_runs_off_the_event_loop(
     real_encode = engine.codec.encode
 
     def slow_encode(text: str, *, add_special_tokens: bool) -> list[int]:
-        time.sleep(2.0)  # stands for a long prompt on a busy CPU
+        time.sleep(ENCODE_S)  # stands for a long prompt on a busy CPU
         return list(real_encode(text, add_special_tokens=add_special_tokens))
 
     monkeypatch.setattr(engine.codec, "encode", slow_encode)
@@ -243,5 +246,7 @@ def test_tokenizing_runs_off_the_event_loop(
         ),
     )
     assert response.status_code == 200
-    assert len(latencies) >= 3, latencies  # /health answered during the 2 s of encoding
-    assert max(latencies) < 1.0, latencies
+    # On the loop, the first poll would wait out the whole encoding; off it, /health keeps
+    # answering (the bound leaves room for a machine that other work keeps busy).
+    assert len(latencies) >= 4, latencies
+    assert max(latencies) < ENCODE_S / 2, latencies
