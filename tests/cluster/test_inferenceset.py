@@ -343,3 +343,51 @@ def test_the_webhook_judges_the_template_by_the_workspace_rules(
     good = set_body("fine", 1)
     good["metadata"]["namespace"] = namespace
     assert kubectl("apply", "-f", "-", input=yaml.safe_dump(good), check=False).returncode == 0
+
+
+def test_multi_node_replicas_take_n_times_their_nodes_within_the_limit(
+    api: ApiClient,
+    namespace: str,
+    simulator: Proc,
+    set_crd: None,
+    start_operator: StartOperator,
+) -> None:
+    """llama-3.3-70b with transformers on two 2-GPU A100 nodes per replica: 2 replicas want
+    4 nodes; nodeCountLimit 3 lets one replica (2 NodeClaims) in and says why not the other."""
+    operator = start_operator()
+    name = "llama"
+    body = set_body(name, 2, nodeCountLimit=3)
+    template = body["spec"]["template"]
+    template["metadata"] = {"annotations": {"kaito.sh/runtime": "transformers"}}
+    template["resource"] = {"instanceType": "Standard_NC48ads_A100_v4", "count": 2}
+    template["inference"] = {
+        "preset": {"name": "llama-3.3-70b-instruct", "modelAccessSecret": "hf-token"}
+    }
+    api.create({**body, "metadata": {"name": name, "namespace": namespace}})
+    api.wait_for(
+        lambda: len(set_claims(api, namespace, name, 2)) == 2 or None,
+        timeout_s=90,
+        what="two NodeClaims for the one replica that fits",
+    )
+    assert [w["metadata"]["name"] for w in members(api, namespace, name)] == [f"{name}-0"]
+
+    def refused() -> JSON | None:
+        conditions = set_status(api, namespace, name).get("conditions") or []
+        found = next((c for c in conditions if c["type"] == "NodeCountLimitExceeded"), None)
+        return found if found and found["status"] == "True" else None
+
+    refusal = api.wait_for(refused, timeout_s=60, what="the refusal in status")
+    assert "2 per replica" in refusal["message"] and "nodeCountLimit 3" in refusal["message"]
+
+    api.request(
+        "PATCH",
+        set_path(namespace, name),
+        {"spec": {"nodeCountLimit": 4}},
+        content_type="application/merge-patch+json",
+    )
+    api.wait_for(
+        lambda: len(set_claims(api, namespace, name, 2)) == 4 or None,
+        timeout_s=90,
+        what="four NodeClaims for two replicas of two nodes",
+    )
+    assert len(members(api, namespace, name)) == 2, operator.tail()
