@@ -297,14 +297,17 @@ class LlamaCppEngine:
                 raise QueueFullError(
                     f"the waiting queue is full ({self.config.max_queue_len} requests)"
                 )
-            lora_id = None
+            lora_id, strength = None, 0.0
             if adapter is not None:
                 lora_id = instance.adapter_ids.get(adapter)
-                if lora_id is None or adapter not in self.adapters:
+                spec = self.adapters.get(adapter)
+                if lora_id is None or spec is None:
                     raise EngineStoppedError(f"adapter {adapter!r} is not loaded")
+                strength = spec.strength
             self._inflight += 1
             instance.enter()
-        body = request_body(prompt_ids, params, lora_id, self.adapters.get(adapter or ""))
+        scales = {i: strength if i == lora_id else 0.0 for i in instance.adapter_ids.values()}
+        body = request_body(prompt_ids, params, scales)
         try:
             self._pool.submit(self._generate, instance, body, prompt_ids, params, sink, cancelled)
         except RuntimeError as exc:  # the pool shut down between the check and here
@@ -414,12 +417,13 @@ class LlamaCppEngine:
 
 
 def request_body(
-    prompt_ids: list[int],
-    params: SamplingParams,
-    lora_id: int | None,
-    spec: AdapterSpec | None,
+    prompt_ids: list[int], params: SamplingParams, lora_scales: dict[int, float]
 ) -> dict[str, Any]:
-    """llama.cpp's completion request for one sequence; OpenAI semantics, not llama.cpp's."""
+    """llama.cpp's completion request for one sequence; OpenAI semantics, not llama.cpp's.
+
+    `lora_scales` names every adapter of the instance (0 for those not used): a request that
+    names none would inherit its slot's previous adapter and reuse its KV cache.
+    """
     body: dict[str, Any] = {
         "prompt": list(prompt_ids),
         "max_tokens": params.max_tokens,
@@ -439,8 +443,8 @@ def request_body(
         body["stop"] = list(params.stop)
     if params.stop_token_ids:
         body["logprobs"] = 1  # the token ids come back with the log probabilities
-    if lora_id is not None and spec is not None:
-        body["lora"] = [{"id": lora_id, "scale": spec.strength}]
+    if lora_scales:
+        body["lora"] = [{"id": i, "scale": scale} for i, scale in sorted(lora_scales.items())]
     return body
 
 
