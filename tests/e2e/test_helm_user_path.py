@@ -237,7 +237,9 @@ def kubectl(
         capture_output=True,
         text=True,
         env=release.control_plane.env(),
-        timeout=60,
+        # Above the `--timeout=90s` the delete calls pass, so kubectl's own deadline (with its
+        # message) decides, not a kill of the process on a loaded machine.
+        timeout=150,
         check=False,
     )
     if check:
