@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import tarfile
 from pathlib import Path
 
 from kaito.devcluster import ControlPlane
+from kaito.devcluster.nodehost import dns_reply, service_of
 from kaito.devcluster.realnode import (
     CGROUP_ROOT,
     NODE_IP,
@@ -86,3 +88,54 @@ def test_only_rules_that_jump_to_the_removed_chains_are_deleted() -> None:
     assert _jumps_to(["-A", "OUTPUT", "-j", "KUBE-SERVICES"], chains)
     assert not _jumps_to(["-A", "OUTPUT", "-j", "ACCEPT"], chains)
     assert not _jumps_to(["-A", "KUBE-SERVICES", "-m", "comment", "--comment", "-j"], chains)
+
+
+def dns_query(name: str, qtype: int = 1) -> bytes:
+    labels = b"".join(bytes([len(part)]) + part.encode() for part in name.split("."))
+    return (
+        struct.pack("!HHHHHH", 0xBEEF, 0x0100, 1, 0, 0, 0)
+        + labels
+        + b"\0"
+        + struct.pack("!HH", qtype, 1)
+    )
+
+
+SERVICES = {"kubernetes.default.svc.cluster.local": "10.0.0.1"}
+
+
+def test_the_cluster_dns_answers_a_service_name_with_its_cluster_ip() -> None:
+    reply = dns_reply(dns_query("kubernetes.default.svc.cluster.local"), SERVICES.get)
+    assert reply is not None
+    ident, flags, _, answers = struct.unpack("!HHHH", reply[:8])
+    assert (ident, flags & 0x000F, answers) == (0xBEEF, 0, 1)
+    assert reply[-4:] == bytes([10, 0, 0, 1])
+
+
+def test_the_cluster_dns_knows_nothing_outside_the_cluster() -> None:
+    reply = dns_reply(dns_query("example.com"), SERVICES.get)
+    assert reply is not None
+    _, flags, _, answers = struct.unpack("!HHHH", reply[:8])
+    assert (flags & 0x000F, answers) == (3, 0)  # NXDOMAIN
+
+
+def test_an_aaaa_query_for_a_service_gets_no_data_rather_than_nxdomain() -> None:
+    reply = dns_reply(dns_query("kubernetes.default.svc.cluster.local", qtype=28), SERVICES.get)
+    assert reply is not None
+    _, flags, _, answers = struct.unpack("!HHHH", reply[:8])
+    assert (flags & 0x000F, answers) == (0, 0)
+
+
+def test_replies_and_truncated_queries_are_ignored() -> None:
+    query = dns_query("kubernetes.default.svc.cluster.local")
+    assert dns_reply(query[:11], SERVICES.get) is None
+    assert dns_reply(query[:-2], SERVICES.get) is None
+    as_reply = query[:2] + struct.pack("!H", 0x8100) + query[4:]
+    assert dns_reply(as_reply, SERVICES.get) is None
+
+
+def test_only_service_names_in_the_cluster_domain_are_looked_up() -> None:
+    assert service_of("probe.team-a.svc.cluster.local.", "cluster.local") == ("probe", "team-a")
+    assert service_of("probe.team-a.svc.cluster.local.example", "cluster.local") is None
+    assert service_of("a.probe.team-a.svc.cluster.local", "cluster.local") is None
+    # Labels that could reach a URL query are refused before any request.
+    assert service_of("probe&x=1.team-a.svc.cluster.local", "cluster.local") is None

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,45 @@ def kill_all(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def service_of(qname: str, domain: str) -> tuple[str, str] | None:
+    """(name, namespace) of `<name>.<namespace>.svc.<domain>`, else None."""
+    labels = qname.rstrip(".").lower().split(".")
+    suffix = ["svc", *domain.split(".")]
+    if len(labels) != 2 + len(suffix) or labels[2:] != suffix:
+        return None
+    if not all(DNS_LABEL.fullmatch(label) for label in labels[:2]):
+        return None
+    return labels[0], labels[1]
+
+
+def dns_reply(query: bytes, resolve: Callable[[str], str | None]) -> bytes | None:
+    """The reply to one DNS query: an A record when `resolve` knows the name, NODATA for other
+    types of a known name, NXDOMAIN otherwise; None for what is not a one-question query."""
+    if len(query) < 12:
+        return None
+    ident, flags, qdcount = struct.unpack("!HHH", query[:6])
+    if flags & 0x8000 or qdcount != 1:
+        return None
+    labels, offset = [], 12
+    while offset < len(query) and query[offset] != 0:
+        length = query[offset]
+        labels.append(query[offset + 1 : offset + 1 + length].decode(errors="replace"))
+        offset += 1 + length
+    question_end = offset + 5
+    if question_end > len(query):
+        return None
+    qtype = struct.unpack("!H", query[offset + 1 : offset + 3])[0]
+    question = query[12:question_end]
+    ip = resolve(".".join(labels))
+    recursion = flags & 0x0100
+    if ip is None:
+        return struct.pack("!HHHHHH", ident, 0x8403 | recursion, 1, 0, 0, 0) + question
+    if qtype != 1:  # the name exists, but has only an A record
+        return struct.pack("!HHHHHH", ident, 0x8400 | recursion, 1, 0, 0, 0) + question
+    record = struct.pack("!HHHIH", 0xC00C, 1, 1, DNS_TTL_S, 4) + socket.inet_aton(ip)
+    return struct.pack("!HHHHHH", ident, 0x8400 | recursion, 1, 1, 0, 0) + question + record
+
+
 class ClusterDns:
     """Answers A queries for `<service>.<namespace>.svc.<domain>` with the Service's ClusterIP.
 
@@ -116,42 +156,14 @@ class ClusterDns:
         return ip
 
     def lookup(self, qname: str) -> str | None:
-        labels = qname.rstrip(".").lower().split(".")
-        suffix = ["svc", *self.domain.split(".")]
-        if len(labels) != 2 + len(suffix) or labels[2:] != suffix:
-            return None
-        if not all(DNS_LABEL.fullmatch(label) for label in labels[:2]):
-            return None
-        return self.cluster_ip(labels[0], labels[1])
+        service = service_of(qname, self.domain)
+        return None if service is None else self.cluster_ip(*service)
 
-    def answer(self, query: bytes) -> bytes | None:
-        if len(query) < 12:
-            return None
-        ident, flags, qdcount = struct.unpack("!HHH", query[:6])
-        if flags & 0x8000 or qdcount != 1:
-            return None
-        labels, offset = [], 12
-        while offset < len(query) and query[offset] != 0:
-            length = query[offset]
-            labels.append(query[offset + 1 : offset + 1 + length].decode(errors="replace"))
-            offset += 1 + length
-        question_end = offset + 5
-        if question_end > len(query):
-            return None
-        qtype = struct.unpack("!H", query[offset + 1 : offset + 3])[0]
-        question = query[12:question_end]
+    def _resolve(self, qname: str) -> str | None:
         try:
-            ip = self.lookup(".".join(labels))
+            return self.lookup(qname)
         except (OSError, ValueError, http.client.HTTPException):
-            ip = None
-        recursion = flags & 0x0100
-        if ip is None:
-            header = struct.pack("!HHHHHH", ident, 0x8403 | recursion, 1, 0, 0, 0)
-            return header + question
-        if qtype != 1:  # the name exists, but has only an A record
-            return struct.pack("!HHHHHH", ident, 0x8400 | recursion, 1, 0, 0, 0) + question
-        record = struct.pack("!HHHIH", 0xC00C, 1, 1, DNS_TTL_S, 4) + socket.inet_aton(ip)
-        return struct.pack("!HHHHHH", ident, 0x8400 | recursion, 1, 1, 0, 0) + question + record
+            return None
 
     def serve(self) -> None:
         while True:
@@ -159,7 +171,7 @@ class ClusterDns:
                 query, peer = self.socket.recvfrom(512)
             except OSError:
                 return
-            reply = self.answer(query)
+            reply = dns_reply(query, self._resolve)
             if reply is not None:
                 with contextlib.suppress(OSError):
                     self.socket.sendto(reply, peer)
