@@ -46,8 +46,9 @@ def up(
     ),
     registry: bool = typer.Option(
         True,
-        help="Run an image registry (plain HTTP on 127.0.0.1, storage in $KAITO_HOME/registry) "
-        "for `kaito dev images build`; the real node pulls from it.",
+        help="Use the machine's dev image registry (`kaito dev images registry`, plain HTTP "
+        "on 127.0.0.1, started when not running): `kaito dev images build` pushes there and "
+        "the real node pulls from it.",
     ),
     trust_registry: list[str] = typer.Option(
         [],
@@ -65,6 +66,7 @@ def up(
         read_state,
     )
     from kaito.devcluster.controlplane import LOOPBACK
+    from kaito.devcluster.images import ImageBuildError, dev_registry
     from kaito.devcluster.realnode import (
         NODE_IP,
         NODE_LABEL,
@@ -74,7 +76,6 @@ def up(
         claim_host,
         release_host,
     )
-    from kaito.devcluster.registry import RegistryError, start_registry
 
     workdir = _workdir(name)
     if read_state(workdir) is not None:
@@ -113,8 +114,8 @@ def up(
             )
         registry_host = None
         if registry:
-            registry_process, registry_host = start_registry(workdir, detach=True)
-            plane.attach(registry_process, registry=registry_host)
+            registry_host = dev_registry()
+            plane.note(registry=registry_host)
         if claim is not None:
             node = RealNode(plane, workdir / "real-node", claim, detach=True)
             for host in [*([registry_host] if registry_host else []), *trust_registry]:
@@ -124,7 +125,7 @@ def up(
         BinariesMissingError,
         ControlPlaneError,
         RealNodeError,
-        RegistryError,
+        ImageBuildError,
         TimeoutError,
         FileNotFoundError,
     ) as error:

@@ -233,9 +233,8 @@ class ControlPlane:
         (workdir / STATE_FILE).unlink(missing_ok=True)
         return True
 
-    def attach(self, process: Process, **state: Any) -> None:
-        """Run `process` with the cluster: stopped with it, recorded in its state file."""
-        self.processes.append(process)
+    def note(self, **state: Any) -> None:
+        """Record further entries in the state file (e.g. the registry in use)."""
         self.extra_state.update(state)
         self._write_state()
 

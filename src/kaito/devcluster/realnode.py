@@ -404,6 +404,8 @@ class RealNode:
     process: Process | None = None
     startup_s: float | None = None
     ports: dict[str, int] = field(default_factory=dict)
+    # host:port -> plain HTTP, for registries trusted before or after start().
+    trusted: dict[str, bool] = field(default_factory=dict)
 
     @property
     def state_dir(self) -> Path:
@@ -428,6 +430,11 @@ class RealNode:
 
     def trust_registry(self, host: str, *, plain_http: bool = True) -> None:
         """Let containerd pull from `host` (e.g. 127.0.0.1:5000), over plain HTTP by default."""
+        self.trusted[host] = plain_http
+        if self.registries_dir.is_dir():
+            self._write_registry(host, plain_http=plain_http)
+
+    def _write_registry(self, host: str, *, plain_http: bool) -> None:
         directory = self.registries_dir / host
         directory.mkdir(parents=True, exist_ok=True)
         scheme = "http" if plain_http else "https"
@@ -447,6 +454,8 @@ class RealNode:
         shutil.rmtree(self.state_dir, ignore_errors=True)
         self.log_dir.mkdir(parents=True)
         self.registries_dir.mkdir(parents=True)
+        for host, plain_http in self.trusted.items():
+            self._write_registry(host, plain_http=plain_http)
         api = self.plane.client()
         _bind_kubelet_api_admin(api)
         config = self._write_files()
