@@ -107,7 +107,20 @@ def ready(api: ApiClient, namespace: str, tmp_path: Path) -> tuple[JSON, Path]:
             return False
         return True
 
+    attempts = iter(range(1000))
+
+    def policy_in_force() -> bool:
+        # The admission policy reaches the apiserver's admission informer some time after it is
+        # created: until it refuses a change of the pod's own labels, it protects nothing. Each
+        # probe sets a new value, so a probe that got through before cannot make later ones no-ops.
+        try:
+            probe._patch({"metadata": {"labels": {"policy-probe": str(next(attempts))}}})
+        except RuntimeError as error:
+            return "HTTP 403" in str(error)
+        return False
+
     api.wait_for(allowed, timeout_s=30, interval_s=0.5, what="the tuning identity to work")
+    api.wait_for(policy_in_force, timeout_s=30, interval_s=0.5, what="the own-pod policy")
     return pod, token
 
 
