@@ -51,7 +51,8 @@ def gguf_path() -> Path:
     return path
 
 
-def _fingerprint(path: Path) -> str:
+def file_fingerprint(path: Path) -> str:
+    """A short cache key for a large local file (its size and first MiB)."""
     # Size plus the first MiB identifies the wheel's file well enough and costs milliseconds.
     digest = hashlib.sha256(str(path.stat().st_size).encode())
     with path.open("rb") as fh:
@@ -64,7 +65,8 @@ def is_complete(directory: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing) across processes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -82,10 +84,10 @@ def small_model_path() -> Path:
     so an interrupted conversion never leaves a half-written checkpoint behind.
     """
     source = gguf_path()
-    target = cache_dir() / "models" / f"{SMALL_MODEL_NAME}-{_fingerprint(source)}"
+    target = cache_dir() / "models" / f"{SMALL_MODEL_NAME}-{file_fingerprint(source)}"
     if is_complete(target):
         return target
-    with _file_lock(target.with_suffix(".lock")):
+    with file_lock(target.with_suffix(".lock")):
         if is_complete(target):  # another process converted it while we waited
             return target
         _convert(source, target)

@@ -17,7 +17,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -259,33 +259,6 @@ class TransformersEngine:
                 self._wake.notify_all()
 
         return cancel
-
-    async def generate(
-        self,
-        prompt_ids: list[int],
-        params: SamplingParams,
-        adapter: str | None = None,
-        request_id: str | None = None,
-    ) -> AsyncIterator[Delta]:
-        """Async view of `submit`: yields deltas; leaving the loop early cancels the sequence."""
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Delta] = asyncio.Queue()
-
-        def sink(delta: Delta) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, delta)
-
-        cancel = self.submit(prompt_ids, params, sink, adapter, request_id)
-        done = False
-        try:
-            while not done:
-                delta = await queue.get()
-                done = delta.finish_reason is not None or delta.error is not None
-                yield delta
-        finally:
-            if not done:
-                cancel()
 
     def _decoder(self, skip_special_tokens: bool) -> Callable[[Sequence[int]], str]:
         tokenizer = self.tokenizer

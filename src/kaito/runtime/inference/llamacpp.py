@@ -14,9 +14,6 @@ old instance is freed. Detaching only hides the adapter; requests using it finis
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import fcntl
-import hashlib
 import importlib.util
 import itertools
 import json
@@ -25,7 +22,7 @@ import secrets
 import shutil
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +38,13 @@ from kaito.runtime.inference.engines import (
 )
 from kaito.runtime.inference.llamacpp_lora import BaseInfo, gguf_lora
 from kaito.runtime.inference.sampling import SamplingParams
-from kaito.runtime.small_model import SMALL_MODEL_NAME, cache_dir, gguf_path
+from kaito.runtime.small_model import (
+    SMALL_MODEL_NAME,
+    cache_dir,
+    file_fingerprint,
+    file_lock,
+    gguf_path,
+)
 
 if TYPE_CHECKING:
     from kaito.runtime.inference.config import ServerConfig
@@ -77,24 +80,6 @@ def find_gguf(model: str) -> Path:
     raise ValueError(f"{model} is not a GGUF file or a directory with exactly one")
 
 
-def _fingerprint(path: Path) -> str:
-    digest = hashlib.sha256(f"{path.stat().st_size}".encode())
-    with path.open("rb") as fh:
-        digest.update(fh.read(1 << 20))
-    return digest.hexdigest()[:16]
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def tokenizer_dir(gguf_file: Path) -> Path:
     """A Hugging Face tokenizer for a GGUF: beside it, else extracted from it once and cached.
 
@@ -103,10 +88,10 @@ def tokenizer_dir(gguf_file: Path) -> Path:
     """
     if all((gguf_file.parent / name).is_file() for name in TOKENIZER_FILES):
         return gguf_file.parent
-    target = cache_dir() / "tokenizers" / f"{gguf_file.stem.lower()}-{_fingerprint(gguf_file)}"
+    target = cache_dir() / "tokenizers" / f"{gguf_file.stem.lower()}-{file_fingerprint(gguf_file)}"
     if all((target / name).is_file() for name in TOKENIZER_FILES):
         return target
-    with _locked(target.with_suffix(".lock")):
+    with file_lock(target.with_suffix(".lock")):
         if all((target / name).is_file() for name in TOKENIZER_FILES):
             return target
         from transformers import AutoTokenizer
@@ -342,33 +327,6 @@ class LlamaCppEngine:
             state.fail(f"{type(exc).__name__}: {exc}")
         finally:
             self._finish(instance)
-
-    async def generate(
-        self,
-        prompt_ids: list[int],
-        params: SamplingParams,
-        adapter: str | None = None,
-        request_id: str | None = None,
-    ) -> AsyncIterator[Delta]:
-        """Async view of `submit`: yields deltas; leaving the loop early cancels the sequence."""
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Delta] = asyncio.Queue()
-
-        def sink(delta: Delta) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, delta)
-
-        cancel = self.submit(prompt_ids, params, sink, adapter, request_id)
-        done = False
-        try:
-            while not done:
-                delta = await queue.get()
-                done = delta.finish_reason is not None or delta.error is not None
-                yield delta
-        finally:
-            if not done:
-                cancel()
 
     # ---- adapters ----------------------------------------------------------------------------
 
