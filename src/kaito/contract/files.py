@@ -26,6 +26,11 @@ INFERENCE_CONFIG_PATH = f"{CONFIG_MOUNT}/{INFERENCE_CONFIG_FILE}"
 # the same name, passed to the data-downloader container (docs/tuning.md).
 TUNING_ALLOWED_HOSTS_ENV = "KAITO_TUNING_ALLOWED_HOSTS"
 
+# Registries (host or host:port, comma-separated) the runtime's OCI client talks plain HTTP
+# to besides loopback ones: the operator's setting of the same name, passed to every runtime
+# container it creates (docs/operator.md).
+PLAIN_HTTP_REGISTRIES_ENV = "KAITO_PLAIN_HTTP_REGISTRIES"
+
 # The inference server's API key: the Secret entry the operator mounts, and where it lands
 # (the server reads it with --api-key-file; the key never appears in args or env).
 API_KEY_SECRET_KEY = "api-key"

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from kaito.api.workspace import Workspace
+from kaito.contract.files import PLAIN_HTTP_REGISTRIES_ENV
 from kaito.manifests.context import WorkspaceContext, canonical_json
 from kaito.manifests.keys import ANNOTATION_APPLIED, GPU_RESOURCE, LABEL_WORKSPACE
+from kaito.manifests.options import ClusterOptions
 
 JSON = dict[str, Any]
 
@@ -90,6 +93,59 @@ def tolerations(cloud_provider: str) -> list[JSON]:
                 "effect": "NoSchedule",
             }
         )
+    return out
+
+
+def workload_tolerations(options: ClusterOptions) -> list[JSON]:
+    """The built-in tolerations, then the operator's `workload_tolerations` (platform teams
+    taint dedicated nodes; this lets kaito's pods on)."""
+    return [
+        *tolerations(options.cloud_provider),
+        *copy.deepcopy(list(options.workload_tolerations)),
+    ]
+
+
+# Small on purpose: the CPU presets are tiny, and an inference pod, a tuning pod and a
+# preflight must fit one 2-core node next to the system pods. No CPU limit: llama.cpp and
+# the trainer use whatever CPU is idle.
+CPU_REQUEST = "250m"
+MIB = 1024
+
+
+def cpu_resources(ctx: WorkspaceContext, *, tuning: bool = False) -> JSON:
+    """Requests for a workload placed on CPU: a quarter core, memory from the preset size."""
+    preset = ctx.preset
+    assert preset is not None
+    weights_mib = preset.weights_gib * MIB
+    if tuning:
+        hint_mib = (preset.tuning.memory_hint_gib if preset.tuning else 0) * MIB
+        need = max(hint_mib, 4 * weights_mib) + 512
+    else:
+        need = 2 * weights_mib + 512
+    memory = int(math.ceil(need / 64) * 64)
+    return {"requests": {"cpu": CPU_REQUEST, "memory": f"{memory}Mi"}}
+
+
+def accelerator_resources(ctx: WorkspaceContext, *, tuning: bool = False) -> JSON:
+    """nvidia.com/gpu per node, or CPU and memory requests when the workload runs on CPU."""
+    if ctx.on_cpu:
+        return cpu_resources(ctx, tuning=tuning)
+    gpus = {GPU_RESOURCE: str(ctx.gpus_per_node)}
+    return {"requests": dict(gpus), "limits": dict(gpus)}
+
+
+def with_runtime_env(spec: JSON, options: ClusterOptions) -> JSON:
+    """`spec` with the operator's plain-HTTP registry list in every runtime-image container
+    (weights and adapter pullers, tuner, pusher, inference server: all use its OCI client)."""
+    if not options.plain_http_registries:
+        return spec
+    out = copy.deepcopy(spec)
+    value = ",".join(options.plain_http_registries)
+    for container in [*out.get("initContainers", []), *out.get("containers", [])]:
+        if container.get("image") != options.runtime_image:
+            continue
+        env = [e for e in container.get("env", []) if e.get("name") != PLAIN_HTTP_REGISTRIES_ENV]
+        container["env"] = [*env, {"name": PLAIN_HTTP_REGISTRIES_ENV, "value": value}]
     return out
 
 

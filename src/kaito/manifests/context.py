@@ -29,6 +29,9 @@ class WorkspaceContext:
     gpus_per_node: int
     revision: str
     spec_hash: str
+    # A CPU preset on nodes without a known GPU (no instance type, or a CPU one): the pods
+    # ask for CPU and memory instead of nvidia.com/gpu, and any ready matching node will do.
+    on_cpu: bool = False
 
     @property
     def name(self) -> str:
@@ -121,14 +124,15 @@ def resolve(
     """
     preset = resolve_preset(workspace)
     sku = default_skus().resolve(workspace.instance_type or "", options.cloud_provider)
+    # A node without a known GPU (a CPU instance type, or an unknown one for a CPU preset)
+    # gets the CPU engine for presets with GGUF weights, and CPU requests for a CPU preset.
+    gpu_node = bool(node_gpus) or (sku.known and sku.gpus > 0)
     runtime: Runtime = (
         select_runtime(
             preset,
             workspace.annotations,
             vllm_enabled=options.vllm_enabled,
-            # A node without a known GPU (a CPU instance type, or an unknown one for a CPU
-            # preset) gets the CPU engine for presets with GGUF weights.
-            gpu_node=bool(node_gpus) or (sku.known and sku.gpus > 0),
+            gpu_node=gpu_node,
         )
         if preset is not None and not workspace.is_tuning
         else "transformers"
@@ -154,4 +158,5 @@ def resolve(
         gpus_per_node=max(gpus, 1),
         revision=revision,
         spec_hash=spec_hash(workspace),
+        on_cpu=preset is not None and preset.cpu and not gpu_node,
     )

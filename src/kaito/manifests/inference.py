@@ -21,17 +21,18 @@ from kaito.contract.files import (
 from kaito.contract.inference import VLLM_SECTION
 from kaito.manifests.common import (
     JSON,
+    accelerator_resources,
     child_metadata,
     harden_pod_spec,
     node_affinity,
     stamp,
-    tolerations,
+    with_runtime_env,
+    workload_tolerations,
     workspace_labels,
 )
 from kaito.manifests.context import WorkspaceContext
 from kaito.manifests.keys import (
     ANNOTATION_REVISION,
-    GPU_RESOURCE,
     HTTP_PORT,
     LABEL_POD_NAME,
     LABEL_WORKSPACE,
@@ -278,14 +279,13 @@ def build_pod_template(ctx: WorkspaceContext) -> JSON:
         )
     env += adapter_env
     ports: list[JSON] = [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}]
-    gpus = {GPU_RESOURCE: str(ctx.gpus_per_node)}
     container: JSON = {
         "name": ctx.name,
         "image": ctx.options.runtime_image,
         "imagePullPolicy": ctx.options.image_pull_policy,
         "command": command,
         "args": args,
-        "resources": {"requests": dict(gpus), "limits": dict(gpus)},
+        "resources": accelerator_resources(ctx),
         "ports": ports,
         "startupProbe": _http_probe(failureThreshold=startup_failure_threshold(ctx)),
         "livenessProbe": _http_probe(failureThreshold=3, initialDelaySeconds=0),
@@ -309,7 +309,7 @@ def build_pod_template(ctx: WorkspaceContext) -> JSON:
     spec: JSON = {
         "containers": [container],
         "volumes": volumes,
-        "tolerations": tolerations(ctx.options.cloud_provider),
+        "tolerations": workload_tolerations(ctx.options),
     }
     if inits:
         spec["initContainers"] = inits
@@ -320,6 +320,7 @@ def build_pod_template(ctx: WorkspaceContext) -> JSON:
     if secrets:
         spec["imagePullSecrets"] = secrets
     spec = add_weights_pull(spec, inference.preset if inference else None, ctx.options, ctx.preset)
+    spec = with_runtime_env(spec, ctx.options)
     return {"metadata": {"labels": pod_labels(ctx)}, "spec": harden_pod_spec(spec)}
 
 
@@ -338,7 +339,7 @@ def _custom_pod_template(ctx: WorkspaceContext) -> JSON:
         spec["affinity"] = affinity
     spec["tolerations"] = [
         *(spec.get("tolerations") or []),
-        *tolerations(ctx.options.cloud_provider),
+        *workload_tolerations(ctx.options),
     ]
     return template
 

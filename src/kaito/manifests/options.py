@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from kaito import __version__
 from kaito.presets.limits import DEFAULT_LIMITS, Limits
@@ -41,6 +41,11 @@ class ClusterOptions:
       preset_registry, added to every pod that pulls a catalog weights image [none].
     - tuning_allowed_hosts: internal hosts, addresses or networks dataset URLs may reach;
       the tuning downloader gets them as KAITO_TUNING_ALLOWED_HOSTS [none].
+    - workload_tolerations: Toleration objects added to every workload pod (inference,
+      tuning, preflight, custom templates) after the built-in GPU ones [none].
+    - plain_http_registries: host[:port] registries the runtime's OCI client reaches over
+      plain HTTP (besides loopback ones); every runtime container gets them as
+      KAITO_PLAIN_HTTP_REGISTRIES [none].
     """
 
     cloud_provider: str = "azure"
@@ -58,6 +63,9 @@ class ClusterOptions:
     preset_registry: str = ""
     preset_pull_secrets: tuple[str, ...] = ()
     tuning_allowed_hosts: tuple[str, ...] = ()
+    # Not hashed: Toleration objects are dicts.
+    workload_tolerations: tuple[dict[str, Any], ...] = field(default=(), hash=False)
+    plain_http_registries: tuple[str, ...] = ()
 
     @property
     def uses_nodeclaims(self) -> bool:

@@ -8,8 +8,10 @@ last log lines instead).
 
 from __future__ import annotations
 
+import copy
+
 from kaito.contract.files import CONFIG_MOUNT, DATA_DIR, TRAINING_CONFIG_PATH
-from kaito.manifests.common import JSON, child_metadata, harden_pod_spec, stamp
+from kaito.manifests.common import JSON, child_metadata, harden_pod_spec, stamp, with_runtime_env
 from kaito.manifests.context import WorkspaceContext
 from kaito.manifests.keys import LABEL_TUNING_STAGE
 from kaito.manifests.tuning import (
@@ -78,6 +80,10 @@ def build_preflight_job(ctx: WorkspaceContext) -> JSON:
         }
     ]
     spec["volumes"] = volumes
+    if ctx.options.workload_tolerations:
+        # No GPU tolerations (it runs on any node), only the operator's own.
+        spec["tolerations"] = copy.deepcopy(list(ctx.options.workload_tolerations))
+    spec = with_runtime_env(spec, ctx.options)
     metadata = child_metadata(ctx, preflight_job_name(ctx.name))
     labels = {**metadata["labels"], LABEL_TUNING_STAGE: STAGE_PREFLIGHT}
     return stamp(

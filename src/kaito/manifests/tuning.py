@@ -27,14 +27,16 @@ from kaito.contract.files import (
 )
 from kaito.manifests.common import (
     JSON,
+    accelerator_resources,
     child_metadata,
     harden_pod_spec,
     node_affinity,
     stamp,
-    tolerations,
+    with_runtime_env,
+    workload_tolerations,
 )
 from kaito.manifests.context import WorkspaceContext
-from kaito.manifests.keys import ANNOTATION_REVISION, GPU_RESOURCE
+from kaito.manifests.keys import ANNOTATION_REVISION
 from kaito.manifests.weights import add_weights_pull
 
 DOCKER_CONFIG_DIR = "/root/.docker"
@@ -201,7 +203,6 @@ def _tuner(ctx: WorkspaceContext, output_dir: str) -> JSON:
     ]
     if preset.name.startswith("phi-3"):
         env.append({"name": "DEFAULT_TARGET_MODULES", "value": PHI3_TARGET_MODULES})
-    gpus = {GPU_RESOURCE: str(ctx.gpus_per_node)}
     return {
         "name": ctx.name,
         "image": ctx.options.runtime_image,
@@ -209,7 +210,7 @@ def _tuner(ctx: WorkspaceContext, output_dir: str) -> JSON:
         "command": command,
         "args": args,
         "env": env,
-        "resources": {"requests": dict(gpus), "limits": dict(gpus)},
+        "resources": accelerator_resources(ctx, tuning=True),
         "volumeMounts": [
             {"name": "dshm", "mountPath": "/dev/shm"},
             {"name": "model-weights-volume", "mountPath": WEIGHTS_DIR},
@@ -377,7 +378,7 @@ def build_job(ctx: WorkspaceContext, *, output_dir: str = RESULTS_DIR) -> JSON:
     spec: JSON = {
         "restartPolicy": "Never",
         "serviceAccountName": TUNING_SERVICE_ACCOUNT,
-        "tolerations": tolerations(ctx.options.cloud_provider),
+        "tolerations": workload_tolerations(ctx.options),
     }
     output = tuning.output
     if output.image and output.volume_source is None:
@@ -392,6 +393,7 @@ def build_job(ctx: WorkspaceContext, *, output_dir: str = RESULTS_DIR) -> JSON:
         spec["containers"] = [tuner]
     spec["volumes"] = volumes
     spec = add_weights_pull(spec, tuning.preset, ctx.options, ctx.preset)
+    spec = with_runtime_env(spec, ctx.options)
     affinity = node_affinity(ctx.match_labels)
     if affinity is not None:
         spec["affinity"] = affinity

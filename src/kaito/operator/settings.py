@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -21,6 +22,50 @@ PREFIX = "KAITO_"
 
 class SettingsError(ValueError):
     """An environment variable has a value the operator cannot use; the message names it."""
+
+
+TOLERATION_FIELDS = ("key", "operator", "value", "effect", "tolerationSeconds")
+TOLERATION_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+def parse_tolerations(raw: str) -> tuple[dict[str, Any], ...]:
+    """A JSON list of core/v1 Toleration objects; ValueError says what is wrong where."""
+    if not raw.strip():
+        return ()
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg} at character {exc.pos})") from exc
+    if not isinstance(value, list):
+        raise ValueError("expected a JSON list of Toleration objects")
+    out: list[dict[str, Any]] = []
+    for index, item in enumerate(value):
+        where = f"item {index}"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where}: expected an object with {', '.join(TOLERATION_FIELDS)}")
+        unknown = sorted(set(item) - set(TOLERATION_FIELDS))
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}")
+        operator = item.get("operator", "Equal")
+        if operator not in ("Equal", "Exists"):
+            raise ValueError(f"{where}: operator must be Equal or Exists, not {operator!r}")
+        if item.get("effect", "") not in TOLERATION_EFFECTS:
+            raise ValueError(
+                f"{where}: effect must be NoSchedule, PreferNoSchedule or NoExecute, "
+                f"not {item['effect']!r}"
+            )
+        for name in ("key", "value", "effect"):
+            if name in item and not isinstance(item[name], str):
+                raise ValueError(f"{where}: {name} must be a string")
+        if operator == "Exists" and item.get("value"):
+            raise ValueError(f"{where}: operator Exists takes no value")
+        if not item.get("key") and operator != "Exists":
+            raise ValueError(f"{where}: an empty key needs operator Exists")
+        seconds = item.get("tolerationSeconds")
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int)):
+            raise ValueError(f"{where}: tolerationSeconds must be an integer")
+        out.append(dict(item))
+    return tuple(out)
 
 
 def _setting(default: Any, doc: str) -> Any:
@@ -162,6 +207,19 @@ class Settings:
         "and each tuning Job's downloader gets them as KAITO_TUNING_ALLOWED_HOSTS "
         "(docs/tuning.md). Empty: only public addresses.",
     )
+    workload_tolerations: str = _setting(
+        "",
+        "JSON list of Toleration objects added to every workload pod kaito creates "
+        "(inference, tuning, preflight, custom templates) after the built-in GPU ones, e.g. "
+        '[{"key":"dedicated","operator":"Equal","value":"ai","effect":"NoSchedule"}]. '
+        "Empty: none.",
+    )
+    plain_http_registries: str = _setting(
+        "",
+        "Comma-separated registries (host or host:port; a host alone matches any port) that "
+        "pods pull weights and adapters from and push adapters to over plain HTTP; every "
+        "runtime container gets them as KAITO_PLAIN_HTTP_REGISTRIES. Empty: only loopback.",
+    )
     liveness_endpoint: str = _setting(
         "",
         "kopf's health endpoint for probes, e.g. http://0.0.0.0:8080/healthz; empty: none.",
@@ -197,6 +255,10 @@ class Settings:
             ),
             tuning_allowed_hosts=tuple(
                 h for h in (n.strip() for n in self.tuning_allowed_hosts.split(",")) if h
+            ),
+            workload_tolerations=parse_tolerations(self.workload_tolerations),
+            plain_http_registries=tuple(
+                r for r in (n.strip() for n in self.plain_http_registries.split(",")) if r
             ),
         )
 
@@ -253,6 +315,17 @@ class Settings:
             if getattr(settings, name) < 0:
                 raise SettingsError(
                     f"{PREFIX}{name.upper()}={getattr(settings, name)}: use 0 (no limit) or more"
+                )
+        try:
+            parse_tolerations(settings.workload_tolerations)
+        except ValueError as exc:
+            raise SettingsError(f"{PREFIX}WORKLOAD_TOLERATIONS: {exc}") from exc
+        for entry in settings.plain_http_registries.split(","):
+            entry = entry.strip()
+            if entry and ("/" in entry or " " in entry):
+                raise SettingsError(
+                    f"{PREFIX}PLAIN_HTTP_REGISTRIES: {entry!r} is not host or host:port "
+                    "(no scheme, no path)"
                 )
         if settings.cloud_provider not in ("azure", "aws", "arc"):
             raise SettingsError(

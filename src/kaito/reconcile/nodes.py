@@ -103,9 +103,12 @@ def _pressure(nodes: Sequence[JSON], names: Sequence[str]) -> tuple[str, ...]:
     return tuple(p for p in found if p)
 
 
-def qualifies(node: Mapping[str, Any], instance_type: str, preferred: Sequence[str]) -> bool:
-    """Ready, has GPUs, and is the requested instance type (or named in preferredNodes)."""
-    if not node_ready(node) or node_gpus(node) <= 0:
+def qualifies(
+    node: Mapping[str, Any], instance_type: str, preferred: Sequence[str], *, on_cpu: bool = False
+) -> bool:
+    """Ready, has GPUs (unless the workload runs on CPU), and is the requested instance type
+    (or named in preferredNodes)."""
+    if not node_ready(node) or (not on_cpu and node_gpus(node) <= 0):
         return False
     if name_of(node) in preferred or not instance_type:
         return True
@@ -122,7 +125,7 @@ def picture(
     live = tuple(c for c in claims if not deleting(c))
     claimed = {claim_node_name(c) for c in live if claim_node_name(c)}
     candidates = [n for n in nodes if matches_selector(n, selector) or name_of(n) in preferred]
-    usable = [n for n in candidates if qualifies(n, instance_type, preferred)]
+    usable = [n for n in candidates if qualifies(n, instance_type, preferred, on_cpu=ctx.on_cpu)]
     by_name = {name_of(n): n for n in nodes}
     if not use_claims:
         names = tuple(sorted(name_of(n) for n in usable))
@@ -152,7 +155,7 @@ def picture(
         name
         for c in ready_claims
         if (name := claim_node_name(c)) in by_name
-        and qualifies(by_name[name], instance_type, preferred)
+        and qualifies(by_name[name], instance_type, preferred, on_cpu=ctx.on_cpu)
     ]
     ready = sorted({*claim_nodes, *(name_of(n) for n in byo)})
     return NodePicture(

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kaito.contract.files import PLAIN_HTTP_REGISTRIES_ENV
+
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -90,6 +92,38 @@ def is_loopback_registry(registry: str) -> bool:
         return registry.startswith("[::1]")
 
 
+def plain_http_listed(registry: str, listed: str) -> bool:
+    """Whether `registry` (host[:port]) is in `listed`, comma-separated host[:port] entries:
+    an entry with a port matches that host and port only, one without matches any port."""
+    host, port = split_host_port(registry)
+    for entry in (e.strip() for e in listed.split(",")):
+        if not entry:
+            continue
+        entry_host, entry_port = split_host_port(entry)
+        if entry_host.lower() == host.lower() and entry_port in (None, port):
+            return True
+    return False
+
+
+def split_host_port(registry: str) -> tuple[str, str | None]:
+    """("host", "port") of host[:port], "[v6]:port" or a bare IPv6 address (port None)."""
+    if registry.startswith("["):
+        host, _, rest = registry[1:].partition("]")
+        return host, rest[1:] if rest.startswith(":") and rest[1:] else None
+    if registry.count(":") == 1:
+        host, _, port = registry.partition(":")
+        return host, port or None
+    return registry, None
+
+
+def is_plain_http_registry(registry: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Loopback registries, and those the operator lists in KAITO_PLAIN_HTTP_REGISTRIES."""
+    env = os.environ if environ is None else environ
+    return is_loopback_registry(registry) or plain_http_listed(
+        registry, env.get(PLAIN_HTTP_REGISTRIES_ENV, "")
+    )
+
+
 def docker_credentials(registry: str, config_path: Path | None) -> tuple[str, str] | None:
     """(user, password) for `registry` from a Docker config JSON (the mounted push secret)."""
     path = config_path
@@ -124,7 +158,7 @@ def registry_client(
     import oras.auth.token
     import oras.provider
 
-    plain_http = is_loopback_registry(reference.registry) if insecure is None else insecure
+    plain_http = is_plain_http_registry(reference.registry) if insecure is None else insecure
     credentials = docker_credentials(reference.registry, docker_config)
 
     class ChallengeAuth(oras.auth.token.TokenAuth):  # type: ignore[misc]
