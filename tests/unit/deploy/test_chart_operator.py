@@ -105,3 +105,16 @@ def test_with_a_host_override_the_webhook_calls_the_operator_directly() -> None:
     assert Settings.from_env(operator_env(objects)).webhook_configuration == (
         "validation.workspace.kaito.sh"
     )
+
+
+def test_workload_tolerations_and_plain_http_registries_reach_the_options() -> None:
+    toleration = {"key": "dedicated", "operator": "Equal", "value": "ai", "effect": "NoSchedule"}
+    values = {
+        "workloads.tolerations": [toleration],
+        "registries.plainHTTP": ["10.245.0.1:5000", "mirror.internal"],
+    }
+    options = Settings.from_env(operator_env(render(values))).cluster_options()
+    assert options.workload_tolerations == (toleration,)
+    assert options.plain_http_registries == ("10.245.0.1:5000", "mirror.internal")
+    defaults = Settings.from_env(operator_env(render())).cluster_options()
+    assert (defaults.workload_tolerations, defaults.plain_http_registries) == ((), ())
