@@ -120,12 +120,22 @@ def plan_preflight(
 ) -> tuple[Cond | None, Work | None]:
     """(DatasetValidated condition, work to do instead of provisioning while it is not True).
 
-    Skipped by the `kaito.sh/skip-preflight: "true"` annotation, and for workspaces whose
-    nodes or Job already exist (they got past this point before preflight existed).
+    Skipped by the `kaito.sh/skip-preflight: "true"` annotation, for jobs on CPU nodes, and for
+    workspaces whose nodes or Job already exist (they got past this point before preflight
+    existed).
     """
     if annotations_of(body).get(ANNOTATION_SKIP_PREFLIGHT, "").lower() == "true":
         return Cond(
             pf.DATASET_VALIDATED, "True", pf.PREFLIGHT_SKIPPED, "skipped (kaito.sh/skip-preflight)"
+        ), None
+    if ctx.on_cpu:
+        # The preflight exists to keep GPU nodes from being requested for a broken dataset; a
+        # CPU job holds nothing costly, and its own input stage reports a bad dataset.
+        return Cond(
+            pf.DATASET_VALIDATED,
+            "True",
+            pf.PREFLIGHT_SKIPPED,
+            "skipped: the job runs on CPU nodes (no GPU nodes to protect)",
         ), None
     old = c.find(old_status(body).get("conditions"), pf.DATASET_VALIDATED)
     if old is not None and old.get("status") == "True":

@@ -160,3 +160,18 @@ def test_fixing_the_input_after_a_failure_checks_the_new_input() -> None:
     ]
     assert condition(replan.status, "DatasetValidated")["reason"] == "PreflightRunning"
     assert applied(replan, "NodeClaim") == []
+
+
+def test_a_job_on_cpu_nodes_skips_the_preflight_and_a_gpu_job_does_not() -> None:
+    from tests.unit.controller.test_cpu_placement import cpu_node, small_tuning
+
+    cpu_body = small_tuning()
+    cpu_body["status"]["conditions"] = []  # not validated yet
+    result = plan(cpu_body, Observed(nodes=(cpu_node(),)), OPTIONS, now=NOW)
+    validated = condition(result.status, "DatasetValidated")
+    assert (validated["status"], validated["reason"]) == ("True", "PreflightSkipped")
+    assert "CPU" in validated["message"]
+    names = [j["metadata"]["name"] for j in applied(result, "Job")]
+    assert names == ["tune-small"]  # the tuning Job itself, no preflight Job
+    gpu = plan(fresh(), Observed(), OPTIONS, now=NOW)
+    assert condition(gpu.status, "DatasetValidated")["reason"] == "PreflightRunning"
