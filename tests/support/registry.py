@@ -30,7 +30,7 @@ INSTALL_HINT = "install it with tools/setup.d/20-registry.sh (apt-get install do
 
 @dataclass(frozen=True)
 class LocalRegistry:
-    """A running registry; `host` is 127.0.0.1:<port>, plain HTTP."""
+    """A running registry; `host` is <address>:<port> (127.0.0.1 unless asked), plain HTTP."""
 
     host: str
     storage: Path
@@ -51,9 +51,9 @@ class LocalRegistry:
         return path
 
 
-def free_port() -> int:
+def free_port(address: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((address, 0))
         return int(sock.getsockname()[1])
 
 
@@ -85,13 +85,22 @@ def _htpasswd_line(username: str, password: str) -> str:
 
 @contextlib.contextmanager
 def start_registry(
-    workdir: Path, *, username: str | None = None, password: str | None = None
+    workdir: Path,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    address: str = "127.0.0.1",
+    storage: Path | None = None,
 ) -> Iterator[LocalRegistry]:
-    """Run a registry with storage under `workdir` until the block exits."""
+    """Run a registry with storage under `workdir` (or `storage`) until the block exits.
+
+    `address` is where it listens: loopback, or the real node's bridge address for registries
+    that pods use from inside (tests never bind anything wider).
+    """
     binary = registry_binary()
     assert binary is not None
-    port = free_port()
-    storage = workdir / "storage"
+    port = free_port(address)
+    storage = storage or workdir / "storage"
     storage.mkdir(parents=True, exist_ok=True)
     lines = [
         "version: 0.1",
@@ -99,7 +108,7 @@ def start_registry(
         "storage:",
         f"  filesystem: {{rootdirectory: {storage}}}",
         "  delete: {enabled: true}",
-        f"http: {{addr: '127.0.0.1:{port}'}}",
+        f"http: {{addr: '{address}:{port}'}}",
     ]
     if username is not None and password is not None:
         htpasswd = workdir / "htpasswd"
@@ -109,7 +118,7 @@ def start_registry(
     config.write_text("\n".join(lines) + "\n", encoding="utf-8")
     log = (workdir / "registry.log").open("wb")
     process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
-    host = f"127.0.0.1:{port}"
+    host = f"{address}:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:
