@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, cast
 
 import typer
 import yaml
 from pydantic import ValidationError
 
 from kaito.api.inferenceset import parse_inferenceset
-from kaito.manifests.autoscaling import AutoscalePolicy, horizontal_pod_autoscaler, scaled_object
+from kaito.manifests.autoscaling import (
+    DEFAULT_SCALE_DOWN_S,
+    DEFAULT_TARGETS,
+    AutoscalePolicy,
+    Metric,
+    horizontal_pod_autoscaler,
+    scaled_object,
+)
 
 
 def autoscale(
@@ -22,9 +29,24 @@ def autoscale(
     min_replicas: Annotated[int, typer.Option("--min", help="Fewest replicas (KEDA: 0 ok).")] = 1,
     max_replicas: Annotated[int, typer.Option("--max", help="Most replicas.")] = 4,
     metric: Annotated[
-        str, typer.Option(help="waiting (queued requests) or running (requests in the batch).")
+        str,
+        typer.Option(
+            help="waiting (queued requests), running (requests in the batch), or cpu "
+            "(HPA only: percent of the pods' CPU request, from metrics-server)."
+        ),
     ] = "waiting",
-    target: Annotated[float, typer.Option(help="Per-replica average to hold.")] = 4.0,
+    target: Annotated[
+        float | None,
+        typer.Option(help="Per-replica average to hold (default 4 requests, or 80 % for cpu)."),
+    ] = None,
+    scale_down_window: Annotated[
+        int,
+        typer.Option(
+            "--scale-down-window",
+            help="Seconds below target before replicas are removed (HPA scale-down "
+            "stabilization, KEDA cooldownPeriod).",
+        ),
+    ] = DEFAULT_SCALE_DOWN_S,
     prometheus: Annotated[
         str | None, typer.Option(help="KEDA: Prometheus server URL scraping the servers.")
     ] = None,
@@ -39,12 +61,15 @@ def autoscale(
     except ValidationError as exc:
         typer.echo(f"not an InferenceSet: {exc.errors()[0]['msg']}", err=True)
         raise typer.Exit(2) from exc
-    if metric not in ("waiting", "running"):
-        typer.echo("--metric is waiting or running", err=True)
+    if metric not in DEFAULT_TARGETS:
+        typer.echo("--metric is waiting, running or cpu", err=True)
         raise typer.Exit(2)
-    chosen: Literal["waiting", "running"] = "waiting" if metric == "waiting" else "running"
     policy = AutoscalePolicy(
-        min_replicas=min_replicas, max_replicas=max_replicas, metric=chosen, target=target
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        metric=cast(Metric, metric),
+        target=DEFAULT_TARGETS[metric] if target is None else target,
+        cooldown_s=scale_down_window,
     )
     try:
         if with_ == "hpa":

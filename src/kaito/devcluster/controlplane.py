@@ -22,7 +22,7 @@ import yaml
 
 from kaito.devcluster.binaries import Binaries, find_binaries, kubectl_path
 from kaito.devcluster.client import ApiClient
-from kaito.devcluster.pki import CertPair, ClusterPKI, generate_pki
+from kaito.devcluster.pki import FRONT_PROXY_CLIENT_USER, CertPair, ClusterPKI, generate_pki
 from kaito.devcluster.process import Process, group_alive, stop_groups
 
 CONTEXT_NAME = "kaito-dev"
@@ -298,6 +298,7 @@ class ControlPlane:
             # The `kubernetes` Service's endpoint: what pods on a real node connect to.
             endpoints = [f"--advertise-address={self.bind_address}"]
         kubelet_client = pki.clients["kubelet-client"]
+        front_proxy = pki.clients["front-proxy-client"]
         return [
             f"--etcd-servers=http://127.0.0.1:{self.ports.etcd_client}",
             f"--bind-address={self.bind_address}",
@@ -314,6 +315,16 @@ class ControlPlane:
             f"--tls-cert-file={pki.apiserver.cert}",
             f"--tls-private-key-file={pki.apiserver.key}",
             f"--client-ca-file={pki.ca.cert}",
+            # The aggregation layer (APIService objects, e.g. metrics-server's metrics.k8s.io):
+            # proxied requests carry the caller in X-Remote-* headers, trusted only from the
+            # front-proxy certificate's name. One CA for both is enough for a throw-away cluster.
+            f"--requestheader-client-ca-file={pki.ca.cert}",
+            f"--requestheader-allowed-names={FRONT_PROXY_CLIENT_USER}",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={front_proxy.cert}",
+            f"--proxy-client-key-file={front_proxy.key}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki.sa_public_key}",
             f"--service-account-signing-key-file={pki.sa_private_key}",

@@ -37,6 +37,7 @@ class ClusterPKI:
 
 
 KUBELET_CLIENT_USER = "kube-apiserver-kubelet-client"
+FRONT_PROXY_CLIENT_USER = "front-proxy-client"
 
 # Identities the bootstrap RBAC policy already binds; kwok and tests act as cluster admin.
 CLIENT_IDENTITIES: dict[str, tuple[str, list[str]]] = {
@@ -47,6 +48,9 @@ CLIENT_IDENTITIES: dict[str, tuple[str, list[str]]] = {
     # The apiserver's identity towards kubelets (logs, exec, port-forward); bound to the
     # bootstrap role system:kubelet-api-admin when a real node joins.
     "kubelet-client": (KUBELET_CLIENT_USER, []),
+    # The aggregation layer's identity towards extension apiservers (metrics-server), which
+    # trust its X-Remote-User headers only from this name (--requestheader-allowed-names).
+    "front-proxy-client": (FRONT_PROXY_CLIENT_USER, []),
 }
 
 

@@ -91,3 +91,55 @@ def test_the_cli_prints_an_applicable_object() -> None:
     assert hpa["kind"] == "HorizontalPodAutoscaler" and hpa["spec"]["maxReplicas"] == 3
     refused = runner.invoke(app, ["autoscale", "-f", "-", "--with", "keda"], input=text)
     assert refused.exit_code == 2
+
+
+def test_the_cpu_hpa_holds_a_percent_of_the_pods_request_with_the_chosen_scale_down() -> None:
+    policy = AutoscalePolicy(max_replicas=2, metric="cpu", target=50, cooldown_s=30)
+    hpa = horizontal_pod_autoscaler(ISET, policy)
+    assert hpa["spec"]["metrics"] == [
+        {
+            "type": "Resource",
+            "resource": {
+                "name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": 50},
+            },
+        }
+    ]
+    assert hpa["spec"]["behavior"]["scaleDown"] == {"stabilizationWindowSeconds": 30}
+    assert hpa["spec"]["behavior"]["scaleUp"] == {"stabilizationWindowSeconds": 0}
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        (AutoscalePolicy(metric="cpu", target=50.5), "whole percent"),
+        (AutoscalePolicy(cooldown_s=3601), "0 to 3600"),
+        (AutoscalePolicy(cooldown_s=-1), "0 to 3600"),
+    ],
+)
+def test_cpu_targets_and_scale_down_windows_the_hpa_would_refuse_are_refused(
+    policy: AutoscalePolicy, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        horizontal_pod_autoscaler(ISET, policy)
+    assert horizontal_pod_autoscaler(ISET, AutoscalePolicy(cooldown_s=3600))  # the limit itself
+
+
+def test_keda_refuses_the_cpu_metric() -> None:
+    with pytest.raises(ValueError, match="--with hpa"):
+        scaled_object(ISET, AutoscalePolicy(metric="cpu", target=80), prometheus_url=PROMETHEUS)
+
+
+def test_the_cli_gives_a_cpu_hpa_with_its_default_target_and_the_users_scale_down() -> None:
+    runner = CliRunner()
+    text = yaml.safe_dump(make_set("chat").obj())
+    args = ["autoscale", "-f", "-", "--with", "hpa", "--metric", "cpu"]
+    result = runner.invoke(app, [*args, "--scale-down-window", "45"], input=text)
+    assert result.exit_code == 0, result.output
+    spec = yaml.safe_load(result.output)["spec"]
+    assert spec["metrics"][0]["resource"]["target"]["averageUtilization"] == 80
+    assert spec["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 45
+    default = yaml.safe_load(runner.invoke(app, args, input=text).output)["spec"]
+    assert default["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+    unknown = runner.invoke(app, ["autoscale", "-f", "-", "--metric", "memory"], input=text)
+    assert unknown.exit_code == 2 and "waiting, running or cpu" in unknown.output
