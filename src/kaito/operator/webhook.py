@@ -27,6 +27,10 @@ WEBHOOK_NAME = "validation.workspace.kaito.sh"
 # configuration uses the same name so that either may manage it.
 WEBHOOK_HANDLER_ID = "workspace"
 WEBHOOK_ENTRY = f"{WEBHOOK_HANDLER_ID}.{WEBHOOK_NAME}"
+# The InferenceSet handler's id (kaito.operator.inferenceset.HANDLER_ID); that module imports
+# this one, hence the literal. The chart registers both entries, so the CA goes into both.
+INFERENCESET_ENTRY = f"inferenceset.{WEBHOOK_NAME}"
+WEBHOOK_ENTRIES = [WEBHOOK_ENTRY, INFERENCESET_ENTRY]
 log = logging.getLogger("kaito.operator")
 
 
@@ -104,7 +108,7 @@ class CaPublisher:
         async for config in self.server(fn):
             ca = config.get("caBundle")
             if ca:
-                await self.kube.patch_webhook_ca(self.configuration, [WEBHOOK_ENTRY], ca)
+                await self.kube.patch_webhook_ca(self.configuration, WEBHOOK_ENTRIES, ca)
                 log.info("webhook CA written to %s", self.configuration)
             yield config
 

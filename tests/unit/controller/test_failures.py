@@ -341,7 +341,8 @@ def test_the_webhook_handler_stays_registered_when_the_operator_stops() -> None:
 
 
 async def test_the_ca_is_written_into_the_charts_configuration_and_nothing_else() -> None:
-    from kaito.operator.webhook import WEBHOOK_ENTRY, CaPublisher
+    from kaito.operator.inferenceset import HANDLER_ID
+    from kaito.operator.webhook import WEBHOOK_ENTRY, WEBHOOK_NAME, CaPublisher
 
     async def server(fn: Any) -> Any:
         yield {"url": "https://127.0.0.1:9443", "caBundle": "Q0E="}
@@ -357,8 +358,12 @@ async def test_the_ca_is_written_into_the_charts_configuration_and_nothing_else(
         "validation.workspace.kaito.sh"
     )
     assert request.headers["content-type"] == "application/strategic-merge-patch+json"
+    # Both entries the chart registers (Workspace and InferenceSet) trust the same server.
     assert json.loads(request.content) == {
-        "webhooks": [{"name": WEBHOOK_ENTRY, "clientConfig": {"caBundle": "Q0E="}}]
+        "webhooks": [
+            {"name": WEBHOOK_ENTRY, "clientConfig": {"caBundle": "Q0E="}},
+            {"name": f"{HANDLER_ID}.{WEBHOOK_NAME}", "clientConfig": {"caBundle": "Q0E="}},
+        ]
     }
 
 

@@ -251,9 +251,15 @@ def test_the_operator_cannot_patch_pods_or_config_maps() -> None:
 def test_the_webhook_configuration_is_the_charts_and_is_patched_only_by_name() -> None:
     objects = render()
     config = find(objects, "ValidatingWebhookConfiguration")
-    (hook,) = config["webhooks"]
-    assert hook["failurePolicy"] == "Fail"
-    assert hook["name"] == "workspace.validation.workspace.kaito.sh"
+    hooks = {hook["name"]: hook for hook in config["webhooks"]}
+    assert sorted(hooks) == [
+        "inferenceset.validation.workspace.kaito.sh",
+        "workspace.validation.workspace.kaito.sh",
+    ]
+    for name, hook in hooks.items():
+        assert hook["failurePolicy"] == "Fail"
+        # kopf serves handler <id> at /<id>; the entry name is <id>.<configuration>.
+        assert hook["clientConfig"]["service"]["path"] == "/" + name.split(".")[0]
     webhook_rules = [
         rule
         for role in operator_roles(objects)
@@ -267,9 +273,10 @@ def test_the_webhook_configuration_is_the_charts_and_is_patched_only_by_name() -
 
 def test_a_watched_namespace_limits_the_webhook_to_it() -> None:
     config = find(render({"watchNamespace": "team-a"}), "ValidatingWebhookConfiguration")
-    assert config["webhooks"][0]["namespaceSelector"] == {
-        "matchLabels": {"kubernetes.io/metadata.name": "team-a"}
-    }
+    for hook in config["webhooks"]:
+        assert hook["namespaceSelector"] == {
+            "matchLabels": {"kubernetes.io/metadata.name": "team-a"}
+        }
 
 
 def test_the_tuning_role_only_patches_pods_and_a_policy_narrows_it_to_the_own_pod() -> None:
