@@ -1,14 +1,18 @@
 # The kaito runtime: inference server, tuning job, input pullers and the adapter pusher
 # (python -m kaito.runtime.inference | kaito.runtime.tuning). One image serves both, as the
 # operator's KAITO_RUNTIME_IMAGE is one image.
+# Both variants carry the llamacpp extra (xllamacpp, a CPU build, ~100 MB): the operator picks
+# `--engine llamacpp` for GGUF presets on GPU-less nodes whichever runtime image the cluster
+# runs, and for the `kaito.sh/runtime: llamacpp` annotation on any node.
 #
 # CPU (default; torch from PyPI, which carries its CUDA libraries, see docker/README.md):
 #   docker build -f docker/runtime.Dockerfile -t kaito-runtime:cpu .
 # CPU, smaller, where the PyTorch CPU index is reachable: --build-arg TORCH_INDEX=cpu
 # CUDA (vLLM and bitsandbytes from the gpu extra; vLLM's wheels are built for CUDA 13):
 #   docker build -f docker/runtime.Dockerfile -t kaito-runtime:cuda \
-#     --build-arg BASE=nvidia/cuda:13.0.2-base-ubuntu24.04 --build-arg EXTRAS=inference,tuning,gpu .
-# Inference only: --build-arg EXTRAS=inference
+#     --build-arg BASE=nvidia/cuda:13.0.2-base-ubuntu24.04 \
+#     --build-arg EXTRAS=inference,tuning,llamacpp,gpu .
+# Inference only (torch engine; add llamacpp for GGUF presets): --build-arg EXTRAS=inference
 # CPU from plain PyPI without the GPU-only CUDA libraries: --build-arg CUDA_LIBS=loaded
 # Without a daemon: `kaito dev images build` (buildah; passes BASE, see docker/README.md).
 #
@@ -49,7 +53,8 @@ RUN --mount=type=cache,target=/root/.cache/uv /opt/uv/bin/uv build --wheel --out
 FROM ${BASE}
 # Empty: plain PyPI. `cpu` or `cu130`: that PyTorch index first (its CPU wheels are ~10x smaller).
 ARG TORCH_INDEX=""
-ARG EXTRAS=inference,tuning
+# gguf (LoRA to GGUF conversion for llama.cpp adapters) comes with inference and tuning.
+ARG EXTRAS=inference,tuning,llamacpp
 # `loaded` (CPU images from plain PyPI): keep only the CUDA libraries importing torch loads; the
 # rest of PyPI torch's nvidia-* wheels is GPU-only (docker/prune_cuda_libs.py).
 # (ARGs stay above SHELL: hadolint 2.15 forgets the SHELL after a later ARG.)

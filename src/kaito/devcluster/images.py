@@ -459,13 +459,21 @@ def _build(builder: Builder, root: Path, dockerfile: Path, args: dict[str, str],
 
 
 def run_in_image(
-    builder: Builder, image: str, argv: Sequence[str], *, timeout: float = 300
+    builder: Builder,
+    image: str,
+    argv: Sequence[str],
+    *,
+    timeout: float = 300,
+    mounts: Sequence[tuple[Path, str]] = (),
 ) -> subprocess.CompletedProcess[str]:
     """Run `argv` in a throwaway container of a local image as its configured user
-    (buildah run with chroot isolation: no daemon, no network namespace needed)."""
+    (buildah run with chroot isolation: no daemon, no network namespace needed, so it shares
+    the host's loopback). `mounts` bind host directories read-only: (host path, container path).
+    """
     container = builder.run("from", "--pull=never", image).stdout.strip()
     try:
-        command = builder.buildah("run", "--isolation", "chroot", container, "--", *argv)
+        volumes = [f"--volume={host.resolve()}:{target}:ro" for host, target in mounts]
+        command = builder.buildah("run", "--isolation", "chroot", *volumes, container, "--", *argv)
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     finally:
         builder.run("rm", container, check=False)

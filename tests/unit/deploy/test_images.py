@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -62,16 +63,39 @@ def test_the_operator_image_installs_only_the_operator_extra() -> None:
     assert "torch" not in runs
 
 
-def test_the_runtime_image_has_cpu_and_cuda_variants_with_inference_and_tuning() -> None:
-    steps = instructions(REPO / "docker" / "runtime.Dockerfile")
+def default_extras(dockerfile: Path) -> list[str]:
+    steps = instructions(dockerfile)
+    value = next(r.split("=", 1)[1] for k, r in steps if k == "ARG" and r.startswith("EXTRAS="))
+    return value.split(",")
+
+
+def test_the_runtime_image_has_cpu_and_cuda_variants_with_inference_tuning_and_llamacpp() -> None:
+    dockerfile = REPO / "docker" / "runtime.Dockerfile"
+    steps = instructions(dockerfile)
     args = {rest.split("=", 1)[0] for keyword, rest in steps if keyword == "ARG"}
     assert {"BASE", "TORCH_INDEX", "EXTRAS", "CUDA_LIBS"} <= args
-    assert "ARG EXTRAS=inference,tuning" in "\n".join(f"{k} {r}" for k, r in steps)
-    text = (REPO / "docker" / "runtime.Dockerfile").read_text()
-    # The CUDA recipe installs the gpu extra on a CUDA 13 base (vLLM's wheels are built for 13).
+    assert default_extras(dockerfile) == ["inference", "tuning", "llamacpp"]
+    # The usage comment's continuation lines joined, so the CUDA recipe reads as one command.
+    text = re.sub(r"\\\n#\s*", " ", dockerfile.read_text())
+    # The CUDA recipe installs the gpu extra on a CUDA 13 base (vLLM's wheels are built for 13),
+    # and llamacpp too: one runtime image serves the cluster's GPU-less nodes as well.
     assert re.search(
-        r"BASE=nvidia/cuda:13\.\d+\.\d+-\w+-ubuntu\S+ .*EXTRAS=inference,tuning,gpu", text
+        r"BASE=nvidia/cuda:13\.\d+\.\d+-\w+-ubuntu\S+ .*EXTRAS=inference,tuning,llamacpp,gpu",
+        text,
     )
+
+
+def test_the_default_runtime_extras_bring_the_llamacpp_engine_and_gguf() -> None:
+    # GGUF presets on CPU nodes run `--engine llamacpp` (xllamacpp); adapters for it are
+    # converted to GGUF at load (gguf).
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    names = {
+        re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower()
+        for extra in default_extras(REPO / "docker" / "runtime.Dockerfile")
+        for requirement in extras[extra]
+    }
+    assert {"xllamacpp", "gguf", "torch", "transformers", "peft"} <= names
 
 
 def stages(dockerfile: Path) -> list[list[tuple[str, str]]]:
