@@ -112,7 +112,7 @@ def up(
             add_fake_gpu_node(
                 client, f"gpu-node-{index}", gpus=gpus_per_node, instance_type=instance_type
             )
-        registry_host = None
+        registry_host = pod_registry = None
         if registry:
             registry_host = dev_registry()
             plane.note(registry=registry_host)
@@ -121,6 +121,10 @@ def up(
             for host in [*([registry_host] if registry_host else []), *trust_registry]:
                 node.trust_registry(host)
             node.start()
+            if registry_host is not None:
+                # The same storage on the bridge: pods (weights and adapter pullers) reach it.
+                pod_registry = dev_registry(address=NODE_IP)
+                plane.note(pod_registry=pod_registry)
     except (
         BinariesMissingError,
         ControlPlaneError,
@@ -146,17 +150,38 @@ def up(
             f"real node {node.name!r} Ready in {node.startup_s:.1f} s (label {NODE_LABEL}=true, "
             f"taint {NODE_LABEL}=true:NoSchedule); logs in {node.log_dir}"
         )
+    if node is not None and pod_registry is not None:
+        typer.echo(f"the same registry for pods at {pod_registry}; helm flags for workloads:")
+        for flag in workload_flags(pod_registry):
+            typer.echo(f"  {flag}")
     typer.echo(f"logs in {plane.log_dir}")
     typer.echo(f"export KUBECONFIG={plane.kubeconfig}")
+
+
+def workload_flags(pod_registry: str) -> list[str]:
+    """`helm install` flags that let kaito's workloads run on the real node: tolerate its
+    taint, pull preset weights from the registry pods reach, over plain HTTP."""
+    import json
+
+    from kaito.devcluster.realnode import TOLERATION
+
+    return [
+        f"--set-json 'workloads.tolerations={json.dumps([TOLERATION], separators=(',', ':'))}'",
+        f"--set presets.registry={pod_registry}",
+        f"--set 'registries.plainHTTP={{{pod_registry}}}'",
+    ]
 
 
 @cluster_app.command()
 def down(name: str = NAME_OPTION) -> None:
     """Stop the cluster and delete its data."""
     from kaito.devcluster import ControlPlane
-    from kaito.devcluster.realnode import stop_detached
+    from kaito.devcluster.images import stop_dev_registry
+    from kaito.devcluster.realnode import NODE_IP, stop_detached
 
     workdir = _workdir(name)
+    # The bridge address goes with the node; the loopback registry and the storage stay.
+    stop_dev_registry(address=NODE_IP)
     if ControlPlane.stop_workdir(workdir):
         typer.echo(f"cluster {name!r} stopped")
     else:

@@ -494,20 +494,27 @@ def dev_registry_dir() -> Path:
     return kaito_home() / "registry" / "dev"
 
 
-def dev_registry(*, port: int | None = None, timeout_s: float = 30) -> str:
+def dev_registry(
+    *, port: int | None = None, address: str = "127.0.0.1", timeout_s: float = 30
+) -> str:
     """`host:port` of the machine's dev registry: Debian's docker-registry on 127.0.0.1
     ($KAITO_DEV_REGISTRY_PORT, default 5001), anonymous, plain HTTP, storage under
-    $KAITO_HOME/registry/dev so pushed images outlive it. Started detached when not running."""
+    $KAITO_HOME/registry/dev so pushed images outlive it. Started detached when not running.
+
+    `address` starts a further process on the same storage at another address (the real
+    node's bridge, which pods can reach), so an image pushed to 127.0.0.1 is pullable there.
+    """
     port = port or int(os.environ.get("KAITO_DEV_REGISTRY_PORT") or DEV_REGISTRY_PORT)
-    host = f"127.0.0.1:{port}"
+    host = f"{address}:{port}"
     if _registry_answers(host):
         return host
     binary = shutil.which("docker-registry")
     if binary is None:
         raise ImageBuildError(f"docker-registry is not installed; {REGISTRY_HINT}")
     workdir = dev_registry_dir()
+    suffix = "" if address == "127.0.0.1" else f"-{address}"
     (workdir / "storage").mkdir(parents=True, exist_ok=True)
-    config = workdir / "config.yml"
+    config = workdir / f"config{suffix}.yml"
     config.write_text(
         "version: 0.1\n"
         "log: {level: error, accesslog: {disabled: true}}\n"
@@ -517,7 +524,7 @@ def dev_registry(*, port: int | None = None, timeout_s: float = 30) -> str:
         f"http: {{addr: '{host}'}}\n",
         encoding="utf-8",
     )
-    with (workdir / "registry.log").open("ab") as log:
+    with (workdir / f"registry{suffix}.log").open("ab") as log:
         process = subprocess.Popen(
             [binary, "serve", str(config)],
             stdin=subprocess.DEVNULL,
@@ -525,20 +532,22 @@ def dev_registry(*, port: int | None = None, timeout_s: float = 30) -> str:
             stderr=log,
             start_new_session=True,  # outlives this command, like the dev cluster
         )
-    (workdir / "pid").write_text(f"{process.pid}\n")
+    (workdir / f"pid{suffix}").write_text(f"{process.pid}\n")
     deadline = time.monotonic() + timeout_s
     while not _registry_answers(host):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            tail = (workdir / "registry.log").read_text(errors="replace")[-2000:]
+            tail = (workdir / f"registry{suffix}.log").read_text(errors="replace")[-2000:]
             raise ImageBuildError(f"the dev registry did not start on {host}: {tail}")
         time.sleep(0.1)
     return host
 
 
-def stop_dev_registry() -> bool:
-    """Stop the registry `dev_registry` started (its storage stays); False if none ran."""
-    pid_file = dev_registry_dir() / "pid"
+def stop_dev_registry(address: str = "127.0.0.1") -> bool:
+    """Stop the registry `dev_registry` started at `address` (its storage stays); False if
+    none ran."""
+    suffix = "" if address == "127.0.0.1" else f"-{address}"
+    pid_file = dev_registry_dir() / f"pid{suffix}"
     try:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
