@@ -130,9 +130,14 @@ def docker_credentials(registry: str, config_path: Path | None) -> tuple[str, st
     if path is None:
         env = os.environ.get("DOCKER_CONFIG")
         path = Path(env) / "config.json" if env else DEFAULT_DOCKER_CONFIG
-    if not path.is_file():
+    try:
+        if not path.is_file():
+            return None
+        text = path.read_text(encoding="utf-8")
+    except PermissionError:
+        # A non-root pod (runAsUser 10001) cannot look into the image's /root: no config there.
         return None
-    document = json.loads(path.read_text(encoding="utf-8"))
+    document = json.loads(text)
     auths: Mapping[str, Any] = document.get("auths", {}) if isinstance(document, dict) else {}
     names = {registry, f"https://{registry}", f"http://{registry}"}
     if registry == DOCKER_HUB:
