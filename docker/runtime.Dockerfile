@@ -69,10 +69,17 @@ ARG UV_LINK_MODE=copy
 ARG UV_CACHE_DIR=/root/.cache/uv
 ARG UV_PYTHON_DOWNLOADS=never
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# The xllamacpp wheel links the system OpenMP runtime (libgomp.so.1; it does not bundle it), which
+# the slim and CUDA bases lack.
 # hadolint ignore=DL3008
-RUN if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip' 2>/dev/null; then \
+RUN packages=(); \
+    if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip' 2>/dev/null; then \
+      packages+=(python3 python3-venv ca-certificates); \
+    fi; \
+    if ! compgen -G '/usr/lib/*/libgomp.so.1' >/dev/null; then packages+=(libgomp1); fi; \
+    if [ "${#packages[@]}" -gt 0 ]; then \
       apt-get update \
-      && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+      && apt-get install -y --no-install-recommends "${packages[@]}" \
       && rm -rf /var/lib/apt/lists/*; \
     fi \
  && python3 -m venv --without-pip /opt/kaito \

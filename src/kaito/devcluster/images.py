@@ -30,9 +30,10 @@ from kaito.devcluster.binaries import kaito_home
 
 IMAGE_NAMES = ("operator", "runtime")
 REPOSITORY_PREFIX = "kaito"
-# What the Dockerfiles need from a base: Python with venv, and a CA store for PyPI.
+# What the Dockerfiles need from a base: Python with venv, a CA store for PyPI, and the OpenMP
+# runtime the xllamacpp wheel links (the runtime Dockerfile would otherwise apt-get it).
 BASE_SUITE = "bookworm"
-BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "libgomp1")
 # Bumped when the recipe below changes in a way the package list does not show.
 BASE_RECIPE = "2"
 TOOLS_HINT = (

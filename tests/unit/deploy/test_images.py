@@ -157,3 +157,14 @@ def test_hadolint_finds_nothing_in_the_dockerfiles() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_runtime_image_has_the_openmp_runtime_xllamacpp_links() -> None:
+    # xllamacpp's extension needs the system libgomp.so.1 (not bundled): the final stage
+    # installs libgomp1 where the base lacks it, and the dev base made by mmdebstrap has it.
+    from kaito.devcluster.images import BASE_PACKAGES
+
+    final = stages(REPO / "docker" / "runtime.Dockerfile")[-1]
+    first_run = next(rest for keyword, rest in final if keyword == "RUN")
+    assert "libgomp.so.1" in first_run and "packages+=(libgomp1)" in first_run
+    assert "libgomp1" in BASE_PACKAGES
