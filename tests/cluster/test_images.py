@@ -6,6 +6,7 @@ so a warm run builds nothing; the containers run with `buildah run` (chroot isol
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import uuid
@@ -31,8 +32,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def diff_ids(builder: Builder, image: str) -> list[str]:
-    import json
-
     data = json.loads(builder.run("inspect", "--type", "image", image).stdout)
     return list(data["OCIv1"]["rootfs"]["diff_ids"])
 
@@ -74,6 +73,102 @@ def test_the_runtime_imports_torch_and_kaito_runtime_on_cpu(
     assert version.startswith("2.")
     assert float(total) == 512.0
     assert cuda == "False"
+
+
+def test_the_runtime_has_the_llamacpp_engine_and_gguf(
+    kaito_images: ImageRefs, image_builder: Builder
+) -> None:
+    probe = "import xllamacpp, gguf, torch, peft, transformers; print(xllamacpp.__file__)"
+    result = run_in_image(image_builder, kaito_images.local["runtime"], ["python", "-c", probe])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("/opt/kaito/")
+
+
+# Runs inside the runtime image: the inference server with `--engine llamacpp` on 127.0.0.1
+# (chroot isolation shares the host's network), one bounded chat completion, then its log.
+SERVE_PROBE = r"""
+import json, subprocess, sys, tempfile, time, urllib.request
+port = sys.argv[1]
+base = f"http://127.0.0.1:{port}"
+log = tempfile.NamedTemporaryFile("w+", suffix=".log")
+server = subprocess.Popen(
+    [sys.executable, "-m", "kaito.runtime.inference", "--engine", "llamacpp",
+     "--model", "/models/smollm2", "--host", "127.0.0.1", "--port", port, "--num-threads", "2"],
+    stdout=log, stderr=subprocess.STDOUT,
+)
+try:
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            urllib.request.urlopen(base + "/health", timeout=2)
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the server did not become healthy")
+            time.sleep(0.5)
+    models = json.load(urllib.request.urlopen(base + "/v1/models", timeout=10))
+    body = {
+        "model": models["data"][0]["id"],
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": 8,
+        "temperature": 0,
+    }
+    request = urllib.request.Request(
+        base + "/v1/chat/completions", json.dumps(body).encode(),
+        {"Content-Type": "application/json"},
+    )
+    print(json.dumps(json.load(urllib.request.urlopen(request, timeout=120))))
+finally:
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+    log.seek(0)
+    sys.stderr.write(log.read()[-20000:])
+"""
+
+
+def small_model_files(target: Path) -> Path:
+    """The small model's GGUF and tokenizer in one directory, readable by the image's user."""
+    from kaito.runtime.small_model import SmallModelMissingError, gguf_path, small_model_path
+
+    try:
+        gguf, checkpoint = gguf_path(), small_model_path()
+    except SmallModelMissingError as error:
+        pytest.skip(str(error))
+    target.mkdir(mode=0o755)
+    target.chmod(0o755)  # tmp_path's own mode is 0700; the server runs as UID 10001
+    shutil.copy2(gguf, target / gguf.name)
+    for path in checkpoint.iterdir():
+        # transformers 5 saves the chat template beside the tokenizer (chat_template.jinja).
+        if path.name.startswith(("tokenizer", "special_tokens_map", "chat_template")):
+            shutil.copy2(path, target / path.name)
+    for path in target.iterdir():
+        path.chmod(0o644)
+    return target
+
+
+def test_the_runtime_serves_the_small_gguf_model_with_llamacpp(
+    kaito_images: ImageRefs, image_builder: Builder, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir(mode=0o755)
+    models.chmod(0o755)
+    small_model_files(models / "smollm2")
+    result = run_in_image(
+        image_builder,
+        kaito_images.local["runtime"],
+        ["python", "-c", SERVE_PROBE, str(free_port())],
+        mounts=[(models, "/models")],
+        timeout=420,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    # Without xllamacpp the server falls back to the torch engine and still answers.
+    assert "xllamacpp is not installed" not in result.stderr
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["choices"][0]["message"]["content"].strip(), answer
+    assert answer["usage"]["completion_tokens"] > 0
 
 
 def test_a_rerun_with_nothing_changed_builds_nothing(
