@@ -173,8 +173,7 @@ def wait_for_condition(
         cond = condition(last, kind)
         if cond.get("status") == "True":
             return last
-        failed = condition(last, "WorkspaceSucceeded")
-        if failed.get("status") == "False" and failed.get("reason") in ("Failed", "JobFailed"):
+        if (last.get("status") or {}).get("state") == "Failed":
             break
         time.sleep(3)
     raise AssertionError(

@@ -33,6 +33,9 @@ PLAIN_HTTP_REGISTRIES_ENV = "KAITO_PLAIN_HTTP_REGISTRIES"
 
 # The inference server's API key: the Secret entry the operator mounts, and where it lands
 # (the server reads it with --api-key-file; the key never appears in args or env).
+# Registry credentials (dockerconfigjson Secrets) mounted for pullers and the pusher: not under
+# /root, which the runtime's non-root user cannot enter.
+DOCKER_CONFIG_DIR = "/etc/kaito/docker"
 API_KEY_SECRET_KEY = "api-key"
 API_KEY_DIR = "/etc/kaito/api-key"
 API_KEY_PATH = f"{API_KEY_DIR}/{API_KEY_SECRET_KEY}"

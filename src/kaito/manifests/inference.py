@@ -14,6 +14,7 @@ from kaito.contract.files import (
     API_KEY_PATH,
     API_KEY_SECRET_KEY,
     CONFIG_MOUNT,
+    DOCKER_CONFIG_DIR,
     INFERENCE_CONFIG_FILE,
     INFERENCE_CONFIG_PATH,
     WEIGHTS_DIR,
@@ -206,7 +207,7 @@ def _adapter_parts(ctx: WorkspaceContext) -> tuple[list[JSON], list[JSON], list[
             continue
         shared = True
         init_mounts: list[JSON] = [{"name": "adapter-volume", "mountPath": ADAPTER_DIR}]
-        config_dir = f"/root/.docker/config.d/{name}-inference-adapter"
+        config_dir = f"{DOCKER_CONFIG_DIR}/config.d/{name}-inference-adapter"
         if source.image_pull_secrets:
             secret_volume = f"docker-config-{name}-inference-adapter"
             volumes.append(

@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import copy
 
-from kaito.contract.files import CONFIG_MOUNT, DATA_DIR, TRAINING_CONFIG_PATH
+from kaito.contract.files import CONFIG_MOUNT, DATA_DIR, DOCKER_CONFIG_DIR, TRAINING_CONFIG_PATH
 from kaito.manifests.common import JSON, child_metadata, harden_pod_spec, stamp, with_runtime_env
 from kaito.manifests.context import WorkspaceContext
 from kaito.manifests.keys import LABEL_TUNING_STAGE
-from kaito.manifests.tuning import (
-    DOCKER_CONFIG_DIR,
-    TERMINATION_LOG,
-    _secret_volume,
-)
+from kaito.manifests.tuning import TERMINATION_LOG, _secret_volume
 
 STAGE_PREFLIGHT = "preflight"
 # Tokenizing a dataset is CPU work: modest requests and no GPU, so any node can run it.

@@ -19,6 +19,7 @@ from kaito.contract.files import (
     CONFIG_MOUNT,
     DATA_DIR,
     DEFAULT_OUTPUT_DIR,
+    DOCKER_CONFIG_DIR,
     RESULTS_DIR,
     TRAINING_CONFIG_PATH,
     TUNING_ALLOWED_HOSTS_ENV,
@@ -39,7 +40,6 @@ from kaito.manifests.context import WorkspaceContext
 from kaito.manifests.keys import ANNOTATION_REVISION
 from kaito.manifests.weights import add_weights_pull
 
-DOCKER_CONFIG_DIR = "/root/.docker"
 TUNING_SERVICE_ACCOUNT = "kaito-tuning"
 TUNING_ROLE_BINDING = "kaito-tuning-progress"
 TERMINATION_LOG = "/dev/termination-log"

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kaito.api.workspace import PresetSpec
-from kaito.contract.files import WEIGHTS_DIR
+from kaito.contract.files import DOCKER_CONFIG_DIR, WEIGHTS_DIR
 from kaito.manifests.common import JSON
 from kaito.manifests.options import ClusterOptions
 from kaito.presets import Preset
@@ -19,7 +19,7 @@ WEIGHTS_VOLUME = "model-weights-volume"
 CACHE_HOST_PATH = "/var/lib/kaito/weights-cache"
 CACHE_MOUNT = "/var/cache/kaito"
 CACHE_VOLUME = "weights-cache"
-SECRETS_DIR = "/root/.docker/config.d/weights"
+SECRETS_DIR = f"{DOCKER_CONFIG_DIR}/config.d/weights"
 SECRETS_VOLUME = "docker-config-weights"
 INIT_NAME = "weights-puller"
 # Where HF_HOME moves when the weights directory becomes read-only for the workload: the
