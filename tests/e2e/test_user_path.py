@@ -16,7 +16,6 @@ import contextlib
 import functools
 import http.server
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -54,29 +53,19 @@ CONFIG_MAP = "velora-tuning"
 @pytest.fixture(scope="module")
 def weights_image(operator_release: PodRelease) -> str:
     """The preset's weights (safetensors for tuning, GGUF for llama.cpp) in the pods' registry,
-    under the name the operator derives from `presets.registry`."""
-    from kaito.runtime.small_model import gguf_path, small_model_path
-
+    under the name the operator derives from `presets.registry`, packaged as a user would."""
     preset = get_preset(PRESET)
     assert preset is not None
     image = preset.weights_image_in(operator_release.registries.weights.host)
     assert image is not None
-    # Hard links next to the cached model (same file system): nothing is copied.
-    source = small_model_path().parent / f".e2e-package-{PRESET}"
-    shutil.rmtree(source, ignore_errors=True)
-    shutil.copytree(small_model_path(), source, copy_function=os.link)
-    os.link(gguf_path(), source / gguf_path().name)
-    try:
-        command = [sys.executable, "-m", "kaito", "models", "package", str(source)]
-        result = subprocess.run(
-            [*command, "--image", image, "--preset", PRESET, "--insecure"],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-    finally:
-        shutil.rmtree(source, ignore_errors=True)
+    command = [sys.executable, "-m", "kaito", "models", "package", "--small-model"]
+    result = subprocess.run(
+        [*command, "--image", image, "--insecure"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     return image
 

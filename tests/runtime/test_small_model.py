@@ -50,3 +50,24 @@ def test_missing_wheel_is_reported_with_the_install_command(
 def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("KAITO_CACHE_DIR", str(tmp_path))
     assert small_model.cache_dir() == tmp_path
+
+
+def test_the_package_directory_holds_both_forms_and_the_cli_packages_it() -> None:
+    from typer.testing import CliRunner
+
+    from kaito.cli.main import app
+
+    directory = small_model.package_dir()
+    assert small_model.is_complete(directory)
+    assert (
+        directory / small_model.GGUF_FILE
+    ).stat().st_size == small_model.gguf_path().stat().st_size
+    assert small_model.package_dir() == directory  # built once
+    runner = CliRunner()
+    result = runner.invoke(app, ["models", "package", "--small-model", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert small_model.GGUF_FILE in result.stdout and "model.safetensors" in result.stdout
+    both = runner.invoke(app, ["models", "package", str(directory), "--small-model"])
+    assert both.exit_code == 2
+    neither = runner.invoke(app, ["models", "package"])
+    assert neither.exit_code == 2

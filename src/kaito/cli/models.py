@@ -27,7 +27,15 @@ def _echo(line: str) -> None:
 
 @app.command()
 def package(
-    source: Path = typer.Argument(..., help="Model directory (safetensors, config, tokenizer)."),
+    source: Path | None = typer.Argument(
+        None, help="Model directory (safetensors, config, tokenizer)."
+    ),
+    small_model: bool = typer.Option(
+        False,
+        "--small-model",
+        help="Package the small CPU preset (smollm2-135m-instruct: safetensors and GGUF) "
+        "instead of SOURCE.",
+    ),
     image: str | None = typer.Option(None, "--image", help="Target reference, e.g. reg/m:tag."),
     preset: str | None = typer.Option(None, help="sh.kaito.model.name (default: dir name)."),
     revision: str | None = typer.Option(None, help="sh.kaito.model.revision, e.g. a commit."),
@@ -35,10 +43,24 @@ def package(
     docker_config: Path | None = DOCKER_CONFIG,
     insecure: bool | None = INSECURE,
 ) -> None:
-    """Package SOURCE as one layer per file and push it to --image (unchanged blobs skip)."""
+    """Package SOURCE (or --small-model) as one layer per file and push it to --image
+    (unchanged blobs skip)."""
     from kaito.runtime.oci.registry import RegistryError
     from kaito.runtime.oci.weights import WeightsError, package_weights, push_weights
 
+    if (source is None) == (not small_model):
+        _echo("error: give a model directory or --small-model (not both)")
+        raise typer.Exit(2)
+    if small_model:
+        from kaito.runtime.small_model import SMALL_MODEL_NAME, SmallModelMissingError, package_dir
+
+        try:
+            source = package_dir()
+        except SmallModelMissingError as exc:
+            _echo(f"error: {exc}")
+            raise typer.Exit(1) from exc
+        preset = preset or SMALL_MODEL_NAME
+    assert source is not None
     try:
         packaged = package_weights(source, model_name=preset, revision=revision)
         if dry_run or image is None:

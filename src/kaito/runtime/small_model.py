@@ -119,3 +119,36 @@ def _convert(source: Path, target: Path) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def package_dir() -> Path:
+    """A directory with both forms of the small model, as a weights image should carry them:
+    the safetensors checkpoint (tuning, the torch engine) and the GGUF (llama.cpp on CPU).
+
+    Built once from hard links (or copies across file systems) beside the converted checkpoint.
+    """
+    checkpoint, gguf = small_model_path(), gguf_path()
+    target = checkpoint.parent / f"{checkpoint.name}-package"
+    if is_complete(target) and (target / gguf.name).is_file():
+        return target
+    with file_lock(target.with_suffix(".lock")):
+        if is_complete(target) and (target / gguf.name).is_file():
+            return target
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            for source in [*sorted(checkpoint.iterdir()), gguf]:
+                if source.is_file():
+                    _link_or_copy(source, staging / source.name)
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return target
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
