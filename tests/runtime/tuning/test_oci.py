@@ -359,3 +359,45 @@ def test_links_in_a_data_image_never_reach_the_data_directory(
     pulled = pull_image_data(ref, tmp_path / "out" / "data", attempts=1)
     assert [p.name for p in pulled.files] == ["real.jsonl"]
     assert sorted(p.name for p in (tmp_path / "out" / "data").iterdir()) == ["real.jsonl"]
+
+
+@pytest.mark.parametrize("data_filter", [True, False], ids=["filter", "python-3.11.2"])
+def test_extraction_is_as_safe_without_tarfiles_data_filter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_filter: bool
+) -> None:
+    """Debian bookworm's Python has no extraction filters: the same rules are applied by hand."""
+    import kaito.runtime.oci.image as image_module
+
+    if data_filter and not hasattr(tarfile, "data_filter"):
+        pytest.skip("this Python has no extraction filters")
+    monkeypatch.setattr(image_module, "HAS_DATA_FILTER", data_filter)
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, mode in (("/data/abs", 0o644), ("data/suid", 0o4777)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = 2, mode
+            tar.addfile(info, io.BytesIO(b"ok"))
+        link = tarfile.TarInfo("data/hard")
+        link.type, link.linkname = tarfile.LNKTYPE, "data/suid"
+        tar.addfile(link)
+        sym = tarfile.TarInfo("data/sym")
+        sym.type, sym.linkname = tarfile.SYMTYPE, "abs"
+        tar.addfile(sym)
+    blob = tmp_path / "layer"
+    blob.write_bytes(raw.getvalue())
+    rootfs = tmp_path / "rootfs"
+    extract_layer(blob, rootfs)
+    assert (rootfs / "data" / "abs").read_bytes() == b"ok"
+    assert (rootfs / "data" / "sym").read_bytes() == b"ok"
+    assert (rootfs / "data" / "hard").read_bytes() == b"ok"
+    mode = (rootfs / "data" / "suid").stat().st_mode
+    assert mode & 0o7000 == 0 and mode & 0o022 == 0
+    fifo = io.BytesIO()
+    with tarfile.open(fileobj=fifo, mode="w") as tar:
+        info = tarfile.TarInfo("data/pipe")
+        info.type = tarfile.FIFOTYPE
+        tar.addfile(info)
+    (tmp_path / "fifo").write_bytes(fifo.getvalue())
+    with pytest.raises(UnsafeLayerError, match="special file"):
+        extract_layer(tmp_path / "fifo", tmp_path / "other")
+    assert not (tmp_path / "other" / "data" / "pipe").exists()

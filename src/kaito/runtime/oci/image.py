@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gzip
 import hashlib
 import io
@@ -225,6 +226,9 @@ def _checked_members(tar: tarfile.TarFile, max_bytes: int) -> list[tarfile.TarIn
         named = base[len(WHITEOUT) :]
         if base.startswith(WHITEOUT) and base != OPAQUE_WHITEOUT and named in ("", ".", ".."):
             raise UnsafeLayerError(f"whiteout {member.name!r} names no entry")
+        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+            # Devices and FIFOs have no place in weights, adapters or datasets.
+            raise UnsafeLayerError(f"layer entry {member.name!r} is a special file")
         if member.issym() or member.islnk():
             target = member.linkname
             base = posixpath.dirname(member.name) if member.issym() else ""
@@ -281,6 +285,28 @@ def extract_layer(blob: Path, rootfs: Path, *, max_bytes: int = DEFAULT_MAX_EXTR
         for member in members:
             if id(member) in whiteouts:
                 continue
-            tar.extract(member, rootfs, filter="data")
+            _extract(tar, member, rootfs)
             written += max(member.size, 0)
     return written
+
+
+# Extraction filters came with Python 3.11.4; Debian bookworm's python3 (3.11.2, the dev image's
+# base) lacks them, and the adapter puller failed there with "unexpected keyword 'filter'".
+HAS_DATA_FILTER = hasattr(tarfile, "data_filter")
+
+
+def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, rootfs: Path) -> None:
+    """Extract one checked member with the `data` filter, or its rules applied by hand."""
+    if HAS_DATA_FILTER:
+        tar.extract(member, rootfs, filter="data")
+        return
+    safe = copy.copy(member)
+    safe.name = _inside(member.name) or "."  # no absolute names (checked: none climb out)
+    if member.islnk():
+        safe.linkname = _inside(member.linkname) or "."
+    # As the data filter: no set-id or sticky bits, no group/other write, owner readable.
+    if member.isfile() or member.isdir():
+        safe.mode = (member.mode & 0o755) | (0o700 if member.isdir() else 0o600)
+    safe.uid = safe.gid = os.getuid() if hasattr(os, "getuid") else 0
+    safe.uname = safe.gname = ""
+    tar.extract(safe, rootfs, set_attrs=not member.issym())
