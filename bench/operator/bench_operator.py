@@ -6,7 +6,10 @@ node simulator and the operator as a subprocess, then measures:
 1. latency: create one inference Workspace, time until WorkspaceSucceeded=True, minus the
    simulated node start (NodeClaim creation to NodeClaim Ready);
 2. throughput: create N Workspaces at once, time until all are WorkspaceSucceeded, with the
-   operator's CPU time (utime + stime from /proc) and peak RSS (VmHWM).
+   operator's CPU time (utime + stime from /proc) and peak RSS (VmHWM), and the CPU seconds of
+   every other process of the bench over the same phase (etcd, apiserver, scheduler,
+   controller-manager, the kwok simulator, this client) with the load average, so that a slow
+   run says where the machine's time went.
 
 Usage: python bench/operator/bench_operator.py [--count 200] [--json out.json]
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -46,6 +50,11 @@ def proc_usage(pid: int) -> tuple[float, int]:
         if line.startswith("VmHWM:"):
             peak = int(line.split()[1]) * 1024
     return cpu, peak
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (utime + stime) of each named live process."""
+    return {name: proc_usage(pid)[0] for name, pid in pids.items()}
 
 
 def workspace(namespace: str, name: str) -> dict[str, Any]:
@@ -127,7 +136,12 @@ def main() -> int:
         api = plane.client()
         install_nodeclaim_crd(api)
         install_crd(api, yaml.safe_load(CRD.read_text()))
-        env = {**plane.env(), "KAITO_RESYNC_SECONDS": "60"}
+        # The claim cap (default 64) would hold most of the N back for good: room for all.
+        env = {
+            **plane.env(),
+            "KAITO_RESYNC_SECONDS": "60",
+            "KAITO_MAX_NODECLAIMS_TOTAL": str(args.count + 2),
+        }
         logs = (work / "operator.log").open("ab")
         simulator = subprocess.Popen(
             [sys.executable, "-m", "kaito.provisioners.kwok"], env=env, stdout=logs, stderr=logs
@@ -153,7 +167,11 @@ def main() -> int:
             result["simulated_node_start_s"] = round(nodes, 2)
             result["latency_minus_nodes_s"] = round(total - nodes, 2)
 
-            cpu0, _ = proc_usage(operator.pid)
+            pids = {p.name: p.pid for p in plane.processes}
+            pids.update(simulator=simulator.pid, operator=operator.pid, bench=os.getpid())
+            before = cpu_seconds(pids)
+            loads: list[float] = []
+            cpu0 = before["operator"]
             api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "many"}})
             start = time.monotonic()
             for index in range(args.count):
@@ -162,9 +180,11 @@ def main() -> int:
             while len(succeeded(api, "many")) < args.count:
                 if time.monotonic() - start > args.timeout:
                     break
+                loads.append(os.getloadavg()[0])
                 time.sleep(1.0)
             elapsed = time.monotonic() - start
             cpu1, peak = proc_usage(operator.pid)
+            after = cpu_seconds(pids)
             done = len(succeeded(api, "many"))
             result.update(
                 create_all_s=round(created, 2),
@@ -174,12 +194,20 @@ def main() -> int:
                 operator_cpu_s=round(cpu1 - cpu0, 2),
                 operator_cpu_s_per_workspace=round((cpu1 - cpu0) / max(done, 1), 3),
                 operator_peak_rss_mib=round(peak / 2**20, 1),
+                cpu_s_by_process={k: round(after[k] - before[k], 2) for k in pids},
+                cpu_s_all=round(sum(after[k] - before[k] for k in pids), 2),
+                load_1m_mean=round(sum(loads) / max(len(loads), 1), 2),
+                load_1m_max=round(max(loads, default=0.0), 2),
             )
         finally:
             operator.terminate()
             simulator.terminate()
             operator.wait(timeout=30)
             simulator.wait(timeout=30)
+        # The operator logs its pass and write counters (whole run) when it stops.
+        for line in (work / "operator.log").read_text(errors="replace").splitlines():
+            if "kaito.operator: stats: " in line:
+                result["operator_stats"] = json.loads(line.split("stats: ", 1)[1])
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import datetime
 import hashlib
-from collections.abc import AsyncIterator, Mapping
-from typing import Any, cast
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar, cast
 
 from lightkube import ALL_NS, ApiError, AsyncClient, KubeConfig
+from lightkube.config.client_adapter import verify_cluster
 from lightkube.resources.admissionregistration_v1 import ValidatingWebhookConfiguration
 from lightkube.resources.apps_v1 import ControllerRevision, StatefulSet
 from lightkube.resources.batch_v1 import Job
@@ -25,6 +26,7 @@ from kaito.k8s.ownership import (
     owns,
 )
 from kaito.k8s.resources import NodeClaim, Workspace, resource_for
+from kaito.k8s.transport import AiohttpTransport
 from kaito.manifests.inference import default_config_map_name, headless_service_name
 from kaito.manifests.keys import FIELD_MANAGER, LABEL_WORKSPACE, LABEL_WORKSPACE_NAMESPACE
 from kaito.manifests.options import ClusterOptions
@@ -36,6 +38,9 @@ from kaito.reconcile.types import Event as PlannedEvent
 from kaito.reconcile.types import ObjectRef, Observed
 
 JSON = dict[str, Any]
+T = TypeVar("T")
+# Requests one client has in flight (watches aside); see Kube.slots.
+MAX_REQUESTS_IN_FLIGHT = 16
 ALL_NAMESPACES = ALL_NS  # `namespace=` for a list across every namespace
 CASCADE = {
     "Foreground": CascadeType.FOREGROUND,
@@ -80,12 +85,27 @@ class Kube:
     def __init__(self, client: AsyncClient, *, field_manager: str = FIELD_MANAGER) -> None:
         self.client = client
         self.field_manager = field_manager
+        # Ten reconciles at once each fan out about ten reads: unbounded, that kept ~100
+        # connections open (httpx's pool keeps 20 alive, so the rest were a TLS handshake on
+        # both ends per request) and the apiserver busy with all of them at once.
+        self.slots = asyncio.Semaphore(MAX_REQUESTS_IN_FLIGHT)
+
+    async def _bounded(self, request: Awaitable[T]) -> T:
+        """Await one lightkube request (not sent before this) within `slots`."""
+        async with self.slots:
+            return await request
 
     @classmethod
     def from_env(cls, *, field_manager: str = FIELD_MANAGER) -> Kube:
         """KUBECONFIG (or ~/.kube/config), else the in-cluster service account."""
         config = KubeConfig.from_env()
-        return cls(AsyncClient(config, field_manager=field_manager), field_manager=field_manager)
+        single = config.get()
+        transport = None
+        if single is not None and single.user is not None:
+            verify = verify_cluster(single.cluster, single.user, single.abs_file)
+            transport = AiohttpTransport(verify)
+        client = AsyncClient(config, field_manager=field_manager, transport=transport)
+        return cls(client, field_manager=field_manager)
 
     async def close(self) -> None:
         await self.client.close()
@@ -95,8 +115,8 @@ class Kube:
     async def get(self, res: Any, name: str, namespace: str | None = None) -> JSON | None:
         try:
             if namespace is None:
-                return to_json(await self.client.get(res, name))
-            return to_json(await self.client.get(res, name, namespace=namespace))
+                return to_json(await self._bounded(self.client.get(res, name)))
+            return to_json(await self._bounded(self.client.get(res, name, namespace=namespace)))
         except ApiError as error:
             if is_not_found(error):
                 return None
@@ -111,11 +131,12 @@ class Kube:
     ) -> list[JSON]:
         """Objects of one kind; a label mapped to None only has to exist."""
         selector: dict[str, Any] | None = dict(labels) if labels else None
-        if namespace is None:
-            items = self.client.list(res, labels=selector)
-        else:
-            items = self.client.list(res, namespace=namespace, labels=selector)
-        return [to_json(item) async for item in items]
+        async with self.slots:
+            if namespace is None:
+                items = self.client.list(res, labels=selector)
+            else:
+                items = self.client.list(res, namespace=namespace, labels=selector)
+            return [to_json(item) async for item in items]
 
     async def config_map_data(self, namespace: str, name: str) -> dict[str, str] | None:
         found = await self.get(ConfigMap, name, namespace)
@@ -133,12 +154,20 @@ class Kube:
     async def observe(
         self, workspace: WorkspaceModel, options: ClusterOptions, *, check_names: bool = True
     ) -> Observed:
-        """Everything the planner reads for one workspace, fetched concurrently."""
+        """Everything the planner reads for one workspace, fetched concurrently; an object the
+        name check and the planner both read is fetched once."""
         ns, name = workspace.namespace, workspace.name
         selector = workspace.resource.label_selector.as_map() if workspace.resource else {}
         preferred = list(workspace.resource.preferred_nodes or []) if workspace.resource else []
         own = {LABEL_WORKSPACE: name}
         wanted = wanted_config_maps(workspace, options)
+        fetched: dict[tuple[str, str, str], asyncio.Task[JSON | None]] = {}
+
+        def get_once(res: Any, child: str, namespace: str) -> asyncio.Task[JSON | None]:
+            key = (res._api_info.resource.kind, namespace, child)
+            if key not in fetched:
+                fetched[key] = asyncio.ensure_future(self.get(res, child, namespace))
+            return fetched[key]
 
         async def none() -> None:
             return None
@@ -155,11 +184,13 @@ class Kube:
         async def claims() -> list[JSON]:
             return await self.nodeclaims_of(ns, name) if options.uses_nodeclaims else []
 
-        # Names the workspace would create: taken by anything it does not control stops it
-        # here, before any GPU node is requested (not while it is deleted: nothing is created).
-        if check_names:
-            await self.check_names(workspace)
+        async def config_map_data(cm_ns: str, cm_name: str) -> dict[str, str] | None:
+            found = await get_once(ConfigMap, cm_name, cm_ns)
+            return None if found is None else dict(found.get("data") or {})
 
+        # Names the workspace would create: taken by anything it does not control stops the
+        # pass (its reads are discarded), before any GPU node is requested (not while it is
+        # deleted: nothing is created).
         lists = asyncio.gather(
             claims(),
             nodes(),
@@ -167,26 +198,42 @@ class Kube:
             self.list_json(Pod, namespace=ns, labels=own),
             self.list_json(ControllerRevision, namespace=ns, labels={LABEL_REVISION_OWNER: name}),
         )
+
+        async def named(res: Any, child: str, namespace: str) -> JSON | None:
+            if res is Service:
+                # The workspace's own Services come with the list: no GET for those.
+                for service in (await lists)[2]:
+                    if service["metadata"]["name"] == child:
+                        return service
+            return await get_once(res, child, namespace)
+
+        names = self.check_names(workspace, named) if check_names else none()
         singles = asyncio.gather(
-            self.get(StatefulSet, name, ns) if workspace.inference is not None else none(),
-            self.get(Job, name, ns) if workspace.tuning is not None else none(),
+            get_once(StatefulSet, name, ns) if workspace.inference is not None else none(),
+            get_once(Job, name, ns) if workspace.tuning is not None else none(),
             (
-                self.get(PersistentVolumeClaim, results_claim_name(name), ns)
+                get_once(PersistentVolumeClaim, results_claim_name(name), ns)
                 if workspace.tuning is not None
                 else none()
             ),
             (
-                self.get(Job, preflight_job_name(name), ns)
+                get_once(Job, preflight_job_name(name), ns)
                 if workspace.tuning is not None
                 else none()
             ),
         )
-        maps = asyncio.gather(*(self.config_map_data(cm_ns, cm_name) for cm_ns, cm_name in wanted))
-        (
-            (found_claims, found_nodes, services, pods, revisions),
-            (sts, job, results_claim, preflight_job),
-            datas,
-        ) = await asyncio.gather(lists, singles, maps)
+        maps = asyncio.gather(*(config_map_data(cm_ns, cm_name) for cm_ns, cm_name in wanted))
+        try:
+            (
+                _,
+                (found_claims, found_nodes, services, pods, revisions),
+                (sts, job, results_claim, preflight_job),
+                datas,
+            ) = await asyncio.gather(names, lists, singles, maps)
+        except BaseException:
+            for group in (lists, singles, maps):
+                group.cancel()
+            raise
         config_maps = {
             key: data for key, data in zip(wanted, datas, strict=True) if data is not None
         }
@@ -204,9 +251,14 @@ class Kube:
             revisions=tuple(revisions),
         )
 
-    async def check_names(self, workspace: WorkspaceModel) -> None:
+    async def check_names(
+        self,
+        workspace: WorkspaceModel,
+        get: Callable[[Any, str, str], Awaitable[JSON | None]] | None = None,
+    ) -> None:
         """Raise NameConflictError when a fixed-name child of the workspace exists and its
         controller is not this workspace (the apply and delete guards catch the rest)."""
+        get = get or self.get
         ns, name = workspace.namespace, workspace.name
         wanted: list[tuple[Any, str]] = []
         if workspace.inference is not None:
@@ -217,11 +269,12 @@ class Kube:
             wanted += [(Job, name), (Job, preflight_job_name(name))]
             if workspace.tuning.output.volume_source is None:
                 wanted.append((PersistentVolumeClaim, results_claim_name(name)))
-        found = await asyncio.gather(*(self.get(res, child, ns) for res, child in wanted))
+        found = await asyncio.gather(*(get(res, child, ns) for res, child in wanted))
         owner = Owner(workspace.metadata.uid or "", name, ns)
         for (res, _), existing in zip(wanted, found, strict=True):
             if existing is not None and controller_uid(existing) != owner.uid:
-                existing.setdefault("kind", res._api_info.resource.kind)
+                # A copy: the same fetched object may also go to the planner.
+                existing = {**existing, "kind": existing.get("kind") or res._api_info.resource.kind}
                 raise NameConflictError(existing, owner)
 
     async def watch_json(self, res: Any) -> AsyncIterator[tuple[str, JSON]]:
@@ -234,7 +287,7 @@ class Kube:
     async def create(self, obj: Mapping[str, Any]) -> JSON:
         """Create only: unlike `apply`, an object that exists already is a conflict (409)."""
         res = resource_for(obj["apiVersion"], obj["kind"])
-        return to_json(await self.client.create(res.from_dict(dict(obj))))
+        return to_json(await self._bounded(self.client.create(res.from_dict(dict(obj)))))
 
     async def merge_status(
         self, res: Any, name: str, status: Mapping[str, Any], namespace: str | None = None
@@ -242,10 +295,14 @@ class Kube:
         """Merge-patch the status subresource (what a kubelet or a provisioner reports)."""
         body = {"status": dict(status)}
         if namespace is None:
-            patched = await self.client.patch(res.Status, name, body, patch_type=PatchType.MERGE)
+            patched = await self._bounded(
+                self.client.patch(res.Status, name, body, patch_type=PatchType.MERGE)
+            )
         else:
-            patched = await self.client.patch(
-                res.Status, name, body, namespace=namespace, patch_type=PatchType.MERGE
+            patched = await self._bounded(
+                self.client.patch(
+                    res.Status, name, body, namespace=namespace, patch_type=PatchType.MERGE
+                )
             )
         return to_json(patched)
 
@@ -261,7 +318,9 @@ class Kube:
         }
         if meta.get("namespace"):
             kwargs["namespace"] = meta["namespace"]
-        return to_json(await self.client.patch(res, meta["name"], dict(obj), **kwargs))
+        return to_json(
+            await self._bounded(self.client.patch(res, meta["name"], dict(obj), **kwargs))
+        )
 
     async def remove(self, ref: ObjectRef) -> None:
         """Delete with no ownership check (the node simulator's own Nodes and volumes); gone
@@ -269,11 +328,18 @@ class Kube:
         res = resource_for(ref.api_version, ref.kind)
         try:
             if ref.namespace:
-                await self.client.delete(
-                    res, ref.name, namespace=ref.namespace, cascade=CASCADE[ref.propagation]
+                await self._bounded(
+                    self.client.delete(
+                        res,
+                        ref.name,
+                        namespace=ref.namespace,
+                        cascade=CASCADE[ref.propagation],
+                    )
                 )
             else:
-                await self.client.delete(res, ref.name, cascade=CASCADE[ref.propagation])
+                await self._bounded(
+                    self.client.delete(res, ref.name, cascade=CASCADE[ref.propagation])
+                )
         except ApiError as error:
             if not is_not_found(error):
                 raise
@@ -298,7 +364,7 @@ class Kube:
                 if obj["kind"] == "ConfigMap":
                     return existing
             if obj["kind"] == "ConfigMap":
-                return to_json(await self.client.create(res.from_dict(dict(obj))))
+                return to_json(await self._bounded(self.client.create(res.from_dict(dict(obj)))))
             return await self.server_side_apply(obj)
         except ApiError as error:
             raise ChildWriteError("apply", obj, status_code(error), api_message(error)) from error
@@ -324,24 +390,31 @@ class Kube:
 
     async def write_status(
         self, namespace: str, name: str, old: Mapping[str, Any], new: Mapping[str, Any]
-    ) -> None:
-        """Merge-patch the status subresource; keys the planner dropped are nulled."""
+    ) -> str | None:
+        """Merge-patch the status subresource; keys the planner dropped are nulled. The
+        Workspace's resourceVersion after the write."""
         patch = {**{key: None for key in old if key not in new}, **new}
-        await self.client.patch(
-            Workspace.Status,
-            name,
-            {"status": patch},
-            namespace=namespace,
-            patch_type=PatchType.MERGE,
+        written = await self._bounded(
+            self.client.patch(
+                Workspace.Status,
+                name,
+                {"status": patch},
+                namespace=namespace,
+                patch_type=PatchType.MERGE,
+            )
         )
+        version = (to_json(written).get("metadata") or {}).get("resourceVersion")
+        return str(version) if version else None
 
     async def annotate(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
-        await self.client.patch(
-            Workspace,
-            name,
-            {"metadata": {"annotations": dict(annotations)}},
-            namespace=namespace,
-            patch_type=PatchType.MERGE,
+        await self._bounded(
+            self.client.patch(
+                Workspace,
+                name,
+                {"metadata": {"annotations": dict(annotations)}},
+                namespace=namespace,
+                patch_type=PatchType.MERGE,
+            )
         )
 
     async def event(self, body: Mapping[str, Any], event: PlannedEvent) -> None:
@@ -377,18 +450,20 @@ class Kube:
         }
         try:
             try:
-                await self.client.create(cast(Event, Event.from_dict(record)))
+                await self._bounded(self.client.create(cast(Event, Event.from_dict(record))))
             except ApiError as error:
                 if not is_conflict(error):
                     raise
                 seen = await self.get(Event, name, namespace)
                 count = int((seen or {}).get("count") or 1) + 1
-                await self.client.patch(
-                    Event,
-                    name,
-                    {"count": count, "lastTimestamp": now},
-                    namespace=namespace,
-                    patch_type=PatchType.MERGE,
+                await self._bounded(
+                    self.client.patch(
+                        Event,
+                        name,
+                        {"count": count, "lastTimestamp": now},
+                        namespace=namespace,
+                        patch_type=PatchType.MERGE,
+                    )
                 )
         except ApiError:
             return
@@ -401,6 +476,8 @@ class Kube:
                 {"name": hook, "clientConfig": {"caBundle": ca_bundle}} for hook in webhooks
             ]
         }
-        await self.client.patch(
-            ValidatingWebhookConfiguration, name, patch, patch_type=PatchType.STRATEGIC
+        await self._bounded(
+            self.client.patch(
+                ValidatingWebhookConfiguration, name, patch, patch_type=PatchType.STRATEGIC
+            )
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -31,6 +32,7 @@ from kaito.reconcile.planner import parse, plan
 from kaito.reconcile.types import Event, Observed, Plan
 
 Key = tuple[str, str]
+CLAIM_COUNT_TTL_S = 5.0
 log = logging.getLogger("kaito.operator")
 
 
@@ -55,12 +57,28 @@ class Controller:
         self.wakeups: dict[Key, asyncio.Event] = {}
         self.stats = Stats()
         self.claims_lock = asyncio.Lock()
+        # The NodeClaim total as last listed plus the claims created since (see claim_total).
+        self.claims_counted: tuple[int, float] | None = None
+        # Per workspace: (resourceVersion, what the pass read) of its last status write, so
+        # the watch event of that write does not start a pass that would change nothing.
+        self.own_writes: dict[Key, tuple[str, Any]] = {}
 
     def wakeup(self, namespace: str, name: str) -> asyncio.Event:
         return self.wakeups.setdefault((namespace, name), asyncio.Event())
 
     def forget(self, namespace: str, name: str) -> None:
         self.wakeups.pop((namespace, name), None)
+        self.own_writes.pop((namespace, name), None)
+
+    def workspace_changed(self, body: Mapping[str, Any]) -> None:
+        """A Workspace watch event: wake its loop unless the event is only this controller's
+        own status write over the very body the pass read (nothing new to plan from)."""
+        meta = body.get("metadata") or {}
+        key = workspace_key(body)
+        own = self.own_writes.pop(key, None)
+        if own is not None and own == (meta.get("resourceVersion"), _inputs(body)):
+            return
+        self.wake(*key)
 
     def wake(self, namespace: str | None, name: str | None) -> None:
         if namespace and name and (event := self.wakeups.get((namespace, name))) is not None:
@@ -72,9 +90,17 @@ class Controller:
         self.wake(labels.get(LABEL_WORKSPACE_NAMESPACE) or namespace, labels.get(LABEL_WORKSPACE))
 
     async def reconcile(self, body: Mapping[str, Any]) -> Plan:
-        """Observe, plan, execute. Raises what `errors.classify` maps to framework behaviour."""
+        """Observe, plan, execute. Raises what `errors.classify` maps to framework behaviour.
+
+        The workspace's wakeup is cleared once the pass may start: what happened while it
+        waited for a slot is read by this pass and needs no pass of its own (a work queue's
+        deduplication).
+        """
         started = time.perf_counter()
         async with self.semaphore:
+            if (wake := self.wakeups.get(workspace_key(body))) is not None:
+                wake.clear()
+            inputs = _inputs(body)
             workspace = parse(body)  # once per pass; a SpecError becomes a condition
             observed = (
                 await self.kube.observe(workspace, self.options, check_names=not _deleting(body))
@@ -82,14 +108,17 @@ class Controller:
                 else Observed()
             )
             result = plan(body, observed, self.options, now=rfc3339(), workspace=workspace)
-            await self.execute(body, result)
+            version = await self.execute(body, result)
+            if version is not None:
+                self.own_writes[workspace_key(body)] = (version, inputs)
         self.stats.reconciles += 1
         self.stats.reconcile_seconds += time.perf_counter() - started
         return result
 
-    async def execute(self, body: Mapping[str, Any], result: Plan) -> None:
+    async def execute(self, body: Mapping[str, Any], result: Plan) -> str | None:
         """Write the plan. Every child write checks ownership first (kaito.k8s); a refused
-        write raises NameConflictError or ChildWriteError before the status is written."""
+        write raises NameConflictError or ChildWriteError before the status is written.
+        The Workspace's resourceVersion after a status write, else None."""
         meta = body.get("metadata") or {}
         namespace, name = str(meta.get("namespace")), str(meta.get("name"))
         owner = Owner.of(body)
@@ -97,9 +126,19 @@ class Controller:
             await self.kube.annotate(namespace, name, result.annotations)
             self.stats.writes += 1
         applied: set[tuple[str, str]] = set()
-        async with self.claims_lock:
-            # One Workspace at a time counts and creates claims, so the total holds.
-            await self.check_claim_total(result)
+        if any(obj["kind"] == "NodeClaim" for obj in result.apply):
+            async with self.claims_lock:
+                # One Workspace at a time counts and creates claims, so the total holds.
+                await self.check_claim_total(result)
+                try:
+                    claim_failure = await self._apply_all(body, result, owner, applied)
+                finally:
+                    if self.claims_counted is not None:
+                        created = sum(1 for kind, _ in applied if kind == "NodeClaim")
+                        total, listed_at = self.claims_counted
+                        self.claims_counted = (total + created, listed_at)
+        else:
+            # Nothing to count: other workspaces' writes need not wait for this one.
             claim_failure = await self._apply_all(body, result, owner, applied)
         if claim_failure is not None:
             # Announce the claims that did go out; the failure itself goes to the status.
@@ -115,13 +154,15 @@ class Controller:
         # A pass that wrote everything ends the previous passes' failure.
         cleared = recovered_status(status if status is not None else old)
         status = cleared if cleared is not None else status
+        version = None
         if status is not None:
-            await self.kube.write_status(namespace, name, old, status)
+            version = await self.kube.write_status(namespace, name, old, status)
             self.stats.writes += 1
         for event in result.events:
             if event.subject is not None and event.subject not in applied:
                 continue  # announces an object whose apply failed
             await self.kube.event(body, event)
+        return version
 
     async def _apply_all(
         self, body: Mapping[str, Any], result: Plan, owner: Owner, applied: set[tuple[str, str]]
@@ -152,9 +193,28 @@ class Controller:
         wanted = sum(1 for obj in result.apply if obj["kind"] == "NodeClaim")
         if not wanted or not limit:
             return
-        existing = await self.kube.count_nodeclaims()
+        existing = await self.claim_total(wanted, limit)
         if existing + wanted > limit:
             raise NodeClaimLimitError(wanted, existing, limit)
+
+    async def claim_total(self, wanted: int, limit: int) -> int:
+        """The NodeClaims of all Workspaces (called under claims_lock).
+
+        Listing every claim for every workspace that creates one made a burst of N
+        Workspaces cost N lists of up to N claims. Claims are created only here, under the
+        lock, so the last list plus what was created since is the total, give or take
+        deletions (an over-count, so never more than the limit). It is listed again when
+        older than CLAIM_COUNT_TTL_S, and before refusing, so a refusal is always on a
+        fresh list.
+        """
+        counted = self.claims_counted
+        fresh = counted is not None and time.monotonic() - counted[1] < CLAIM_COUNT_TTL_S
+        if counted is not None and fresh and counted[0] + wanted <= limit:
+            return counted[0]
+        listed_at = time.monotonic()
+        total = await self.kube.count_nodeclaims()
+        self.claims_counted = (total, listed_at)
+        return total
 
     async def report(self, body: Mapping[str, Any], failure: Failure) -> None:
         """The failure as the ReconcileError condition (and WorkspaceSucceeded) plus one
@@ -246,6 +306,24 @@ class Controller:
 
 def _deleting(body: Mapping[str, Any]) -> bool:
     return bool((body.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def workspace_key(body: Mapping[str, Any]) -> Key:
+    meta = body.get("metadata") or {}
+    return str(meta.get("namespace")), str(meta.get("name"))
+
+
+def _inputs(body: Mapping[str, Any]) -> Any:
+    """What a pass reads from the Workspace besides its status (the planner is a function of
+    this, the status and the children): everything but status and resourceVersion."""
+    # managedFields: a status write stamps its own entry's time.
+    meta = {
+        k: v
+        for k, v in (body.get("metadata") or {}).items()
+        if k not in ("resourceVersion", "managedFields")
+    }
+    rest = {k: v for k, v in body.items() if k not in ("status", "metadata")}
+    return json.dumps([meta, rest], sort_keys=True, default=str)
 
 
 def _generation(body: Mapping[str, Any]) -> int:

@@ -94,7 +94,7 @@ def register_reconcile(registry: kopf.OperatorRegistry) -> None:
             await controller.run_loop(body, stopped, resync)
 
     @kopf.on.event(*INFERENCESETS, registry=registry)
-    def inferenceset_changed(
+    async def inferenceset_changed(
         name: str | None, namespace: str | None, memo: kopf.Memo, **_: Any
     ) -> None:
         controller = _controller(memo)
@@ -102,7 +102,9 @@ def register_reconcile(registry: kopf.OperatorRegistry) -> None:
             controller.wake(namespace, name)
 
     @kopf.on.event(*WORKSPACES, labels={LABEL_INFERENCESET: kopf.PRESENT}, registry=registry)
-    def member_changed(body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    async def member_changed(
+        body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any
+    ) -> None:
         controller = _controller(memo)
         labels = (body.get("metadata") or {}).get("labels") or {}
         if controller is not None:
