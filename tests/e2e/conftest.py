@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import pytest
 from kaito.devcluster import ApiClient, ControlPlane, kaito_home, kubectl_path
 from kaito.devcluster.images import ImageRefs
 from kaito.devcluster.realnode import NODE_IP, NODE_LABEL, TOLERATION, RealNode
+from kaito.presets import get_preset
 from tests.support.images import image_builder, image_registry, kaito_images
 from tests.support.registry import LocalRegistry, start_registry
 from tests.unit.deploy.chart import CHART, require_helm, set_flags
@@ -36,6 +38,7 @@ WEBHOOK = "validation.workspace.kaito.sh"
 VWC_PATH = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
 # Cold: the operator image is pulled and unpacked on the node first.
 ROLLOUT_S = 300
+PRESET = "smollm2-135m-instruct"
 ADAPTER_USER, ADAPTER_PASSWORD = "kaito", "e2e-" + secrets.token_hex(8)
 
 
@@ -200,3 +203,23 @@ def operator_release(
             )
         for name in (release.workloads, release.namespace):
             api.delete({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+
+
+@pytest.fixture(scope="session")
+def weights_image(operator_release: PodRelease) -> str:
+    """The preset's weights (safetensors for tuning, GGUF for llama.cpp) in the pods' registry,
+    under the name the operator derives from `presets.registry`, packaged as a user would."""
+    preset = get_preset(PRESET)
+    assert preset is not None
+    image = preset.weights_image_in(operator_release.registries.weights.host)
+    assert image is not None
+    command = [sys.executable, "-m", "kaito", "models", "package", "--small-model"]
+    result = subprocess.run(
+        [*command, "--image", image, "--insecure"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return image

@@ -29,12 +29,11 @@ from kaito.devcluster import ApiClient, ApiError, ControlPlane
 from kaito.devcluster import metrics as metrics_server
 from kaito.devcluster.realnode import NODE_LABEL, TOLERATION, RealNode, image_parts
 from kaito.manifests.keys import HTTP_PORT
-from tests.e2e.conftest import PodRelease
-from tests.e2e.test_user_path import PRESET, describe_pods, service_url, weights_image
+from tests.e2e.conftest import PRESET, PodRelease
+from tests.e2e.test_user_path import describe_pods, service_url
 from tests.support.registry import LocalRegistry, push_image
 
 pytestmark = [pytest.mark.slow]
-__all__ = ["weights_image"]  # the packaged preset weights, shared with the user-path test
 
 JSON = dict[str, Any]
 SET = "chat"

@@ -17,8 +17,6 @@ import functools
 import http.server
 import json
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,14 +29,12 @@ import yaml
 
 from kaito.cli.demo import DEMO_QUESTION, EXPECTED_FACT
 from kaito.devcluster.realnode import NODE_IP, NODE_LABEL, RealNode
-from kaito.presets import get_preset
-from tests.e2e.conftest import PodRelease
+from tests.e2e.conftest import PRESET, PodRelease
 from tests.support.registry import free_port
 
 pytestmark = [pytest.mark.slow]
 
 JSON = dict[str, Any]
-PRESET = "smollm2-135m-instruct"
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "local"
 # Cold, the 5 GB runtime image is pulled and unpacked on the node first (minutes); warm, a
@@ -48,26 +44,6 @@ TUNING_S = 900
 GONE_S = 180
 SECRET = "adapter-push"
 CONFIG_MAP = "velora-tuning"
-
-
-@pytest.fixture(scope="module")
-def weights_image(operator_release: PodRelease) -> str:
-    """The preset's weights (safetensors for tuning, GGUF for llama.cpp) in the pods' registry,
-    under the name the operator derives from `presets.registry`, packaged as a user would."""
-    preset = get_preset(PRESET)
-    assert preset is not None
-    image = preset.weights_image_in(operator_release.registries.weights.host)
-    assert image is not None
-    command = [sys.executable, "-m", "kaito", "models", "package", "--small-model"]
-    result = subprocess.run(
-        [*command, "--image", image, "--insecure"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return image
 
 
 @pytest.fixture(scope="module")
