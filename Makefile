@@ -5,9 +5,6 @@ VENV ?= $(KAITO_HOME)/venv
 export KAITO_HOME
 export KAITO_VENV := $(VENV)
 BIN := $(VENV)/bin
-# Two workers: the cluster tier (one control plane, one real node) on one, everything else on
-# the other (tests/conftest.py groups them). PYTEST_ARGS= runs in one process.
-PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 .PHONY: demo test
 

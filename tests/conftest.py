@@ -122,22 +122,10 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-# Tests on the session cluster share one control plane and the machine's one real node, and
-# image tests the builder's storage (concurrent buildah runs on it crash): under pytest-xdist
-# (`make test` runs two workers) they all go to the same worker, while the other worker runs the
-# unit and runtime tiers beside them (the cluster tier mostly waits).
-CLUSTER_FIXTURES = frozenset(
-    {"control_plane", "real_node", "real_node_host", "image_builder", "kaito_images"}
-)
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     tests_root = Path(__file__).parent
     gpu_present: bool | None = None
-    grouping = config.pluginmanager.hasplugin("xdist")
     for item in items:
-        if grouping and CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group("cluster"))
         relative = Path(str(item.fspath)).relative_to(tests_root)
         tier = relative.parts[0] if len(relative.parts) > 1 else None
         if tier in TIERS and tier != "bench":
