@@ -1,7 +1,7 @@
 """E2e fixtures: the session cluster (tests/conftest_cluster.py) plus the chart's operator as a
 Pod on the real node, set up the way a platform team would for CPU workloads there.
 
-`operator_release` is installed once per session and shared: its workloads namespace is watched
+`operator_release` is installed once per test module: its workloads namespace is watched
 by the operator pod, whose workloads tolerate the real node's taint, pull preset weights from
 `pod_registries.weights` (a registry on the node bridge, reachable from pods) and push adapters
 to `pod_registries.adapters` (one that demands credentials). Nothing here listens wider than the
@@ -144,7 +144,9 @@ def release_values(images: ImageRefs, workloads: str, registries: PodRegistries)
     }
 
 
-@pytest.fixture(scope="session")
+# Per module: test_helm_user_path.py installs the chart as release "kaito" too (cluster-scoped
+# objects of the same names), so this one must be gone before that module starts.
+@pytest.fixture(scope="module")
 def operator_release(
     control_plane: ControlPlane,
     api: ApiClient,
@@ -206,12 +208,12 @@ def operator_release(
 
 
 @pytest.fixture(scope="session")
-def weights_image(operator_release: PodRelease) -> str:
+def weights_image(pod_registries: PodRegistries) -> str:
     """The preset's weights (safetensors for tuning, GGUF for llama.cpp) in the pods' registry,
     under the name the operator derives from `presets.registry`, packaged as a user would."""
     preset = get_preset(PRESET)
     assert preset is not None
-    image = preset.weights_image_in(operator_release.registries.weights.host)
+    image = preset.weights_image_in(pod_registries.weights.host)
     assert image is not None
     command = [sys.executable, "-m", "kaito", "models", "package", "--small-model"]
     result = subprocess.run(
