@@ -205,6 +205,14 @@ def push_secret(release: PodRelease) -> JSON:
     }
 
 
+def ours(release: PodRelease, path: str) -> list[JSON]:
+    """Cluster-scoped objects made for this namespace's Workspaces (other tests' NodeClaims in
+    the same session are not this test's business)."""
+    selector = f"kaito.sh/workspacenamespace={release.workloads}"
+    items: list[JSON] = release.api.request("GET", path, query={"labelSelector": selector})["items"]
+    return items
+
+
 def leftovers(release: PodRelease) -> list[str]:
     """Objects the workspaces created that still exist (the user's own Secret and ConfigMap,
     and the namespace's root CA, are not ours to delete)."""
@@ -220,7 +228,7 @@ def leftovers(release: PodRelease) -> list[str]:
         f"/apis/apps/v1/namespaces/{namespace}/deployments",
         "/apis/karpenter.sh/v1/nodeclaims",
     ):
-        for item in release.api.get(path)["items"]:
+        for item in ours(release, path) if "nodeclaims" in path else release.api.get(path)["items"]:
             name = item["metadata"]["name"]
             if name in (CONFIG_MAP, "kube-root-ca.crt"):
                 continue
@@ -279,7 +287,7 @@ def test_serve_tune_and_serve_the_adapter_on_real_pods(
     base = wait_for_condition(release, "smollm2", "WorkspaceSucceeded", READY_S)
     stamp("inference Workspace Ready")
     assert condition(base, "InferenceReady").get("status") == "True"
-    claims = release.api.get("/apis/karpenter.sh/v1/nodeclaims")["items"]
+    claims = ours(release, "/apis/karpenter.sh/v1/nodeclaims")
     assert claims == [], "a node was claimed for a CPU preset on a ready CPU node"
     pods = release.api.request(
         "GET",
