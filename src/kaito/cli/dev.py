@@ -208,4 +208,8 @@ def env(name: str = NAME_OPTION) -> None:
         )
         raise typer.Exit(1)
     typer.echo(f"export KUBECONFIG={state['kubeconfig']}")
-    typer.echo(f'export PATH="{kubectl_path().parent}:$PATH"')
+    from kaito.devcluster import kaito_home
+
+    # kubectl from the venv, helm (tools/setup.d/30-helm.sh) from $KAITO_HOME/bin.
+    paths = [str(kubectl_path().parent), str(kaito_home() / "bin")]
+    typer.echo(f'export PATH="{":".join(paths)}:$PATH"')
