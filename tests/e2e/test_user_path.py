@@ -44,6 +44,7 @@ TUNING_S = 900
 GONE_S = 180
 SECRET = "adapter-push"
 CONFIG_MAP = "velora-tuning"
+NODECLAIMS = "/apis/karpenter.sh/v1/nodeclaims"
 
 
 @pytest.fixture(scope="module")
@@ -217,8 +218,7 @@ def leftovers(release: PodRelease) -> list[str]:
     """Objects the workspaces created that still exist (the user's own Secret and ConfigMap,
     and the namespace's root CA, are not ours to delete)."""
     namespace = release.workloads
-    found: list[str] = []
-    for path in (
+    namespaced = (
         f"/api/v1/namespaces/{namespace}/pods",
         f"/api/v1/namespaces/{namespace}/services",
         f"/api/v1/namespaces/{namespace}/configmaps",
@@ -226,9 +226,12 @@ def leftovers(release: PodRelease) -> list[str]:
         f"/apis/batch/v1/namespaces/{namespace}/jobs",
         f"/apis/apps/v1/namespaces/{namespace}/statefulsets",
         f"/apis/apps/v1/namespaces/{namespace}/deployments",
-        "/apis/karpenter.sh/v1/nodeclaims",
-    ):
-        for item in ours(release, path) if "nodeclaims" in path else release.api.get(path)["items"]:
+    )
+    listed = [(path, release.api.get(path)["items"]) for path in namespaced]
+    listed.append((NODECLAIMS, ours(release, NODECLAIMS)))
+    found: list[str] = []
+    for path, items in listed:
+        for item in items:
             name = item["metadata"]["name"]
             if name in (CONFIG_MAP, "kube-root-ca.crt"):
                 continue
@@ -287,7 +290,7 @@ def test_serve_tune_and_serve_the_adapter_on_real_pods(
     base = wait_for_condition(release, "smollm2", "WorkspaceSucceeded", READY_S)
     stamp("inference Workspace Ready")
     assert condition(base, "InferenceReady").get("status") == "True"
-    claims = ours(release, "/apis/karpenter.sh/v1/nodeclaims")
+    claims = ours(release, NODECLAIMS)
     assert claims == [], "a node was claimed for a CPU preset on a ready CPU node"
     pods = release.api.request(
         "GET",

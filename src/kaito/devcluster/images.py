@@ -513,7 +513,7 @@ def dev_registry(
     if binary is None:
         raise ImageBuildError(f"docker-registry is not installed; {REGISTRY_HINT}")
     workdir = dev_registry_dir()
-    suffix = "" if address == "127.0.0.1" else f"-{address}"
+    suffix = _address_suffix(address)
     (workdir / "storage").mkdir(parents=True, exist_ok=True)
     config = workdir / f"config{suffix}.yml"
     config.write_text(
@@ -544,11 +544,15 @@ def dev_registry(
     return host
 
 
+def _address_suffix(address: str) -> str:
+    """What tells one dev registry process's config, log and pid files from another's."""
+    return "" if address == "127.0.0.1" else f"-{address}"
+
+
 def stop_dev_registry(address: str = "127.0.0.1") -> bool:
     """Stop the registry `dev_registry` started at `address` (its storage stays); False if
     none ran."""
-    suffix = "" if address == "127.0.0.1" else f"-{address}"
-    pid_file = dev_registry_dir() / f"pid{suffix}"
+    pid_file = dev_registry_dir() / f"pid{_address_suffix(address)}"
     try:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
