@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from kaito.cli.main import app
@@ -30,6 +32,27 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.fixture(scope="module")
+def converted_model() -> Path:
+    """The small model as safetensors, converted once in the session's cache (the runtime
+    tests use the same one)."""
+    from kaito.runtime.small_model import small_model_path
+
+    return small_model_path()
+
+
+@pytest.fixture
+def local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, converted_model: Path) -> Path:
+    """A fresh KAITO_CACHE_DIR for local mode's work directories, holding a link to the
+    converted model: converting the GGUF again cost 25 s per test here, and the conversion is
+    tests/runtime/test_small_model.py's business."""
+    cache = tmp_path / "cache"
+    (cache / "models").mkdir(parents=True)
+    (cache / "models" / converted_model.name).symlink_to(converted_model, target_is_directory=True)
+    monkeypatch.setenv("KAITO_CACHE_DIR", str(cache))
+    return cache
+
+
 def chat(url: str, model: str) -> str:
     reply = httpx.post(
         f"{url}/v1/chat/completions",
@@ -46,10 +69,11 @@ def chat(url: str, model: str) -> str:
 
 
 def test_the_tuning_example_trains_an_adapter_that_the_inference_example_serves(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, local_cache: Path
 ) -> None:
-    monkeypatch.setenv("KAITO_CACHE_DIR", str(tmp_path / "cache"))
     adapter = tmp_path / "adapter"
+    config = yaml.safe_load((EXAMPLES / "velora-tuning.yaml").read_text())
+    steps = config["training_config"]["TrainingArguments"]["max_steps"]
     result = runner.invoke(
         app,
         [
@@ -60,15 +84,13 @@ def test_the_tuning_example_trains_an_adapter_that_the_inference_example_serves(
             f"velora-facts={EXAMPLES / 'data'}",
             "--volume",
             f"velora-adapter={adapter}",
-            "--max-steps",
-            "10",
         ],
     )
     assert result.exit_code == 0, result.output
     assert "tuning finished" in result.output
     assert (adapter / "adapter_model.safetensors").is_file()
     metadata = json.loads((adapter / "tuning_metadata.json").read_text())
-    assert metadata["metrics"]["global_step"] == 10
+    assert metadata["metrics"]["global_step"] == steps
 
     # The serving half, as `kaito run -f inference-smollm2.yaml` does it, on a free port.
     inference_file = EXAMPLES / "inference-smollm2.yaml"
@@ -125,9 +147,12 @@ def test_an_unknown_preset_names_the_field(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_url_fails_and_leaves_no_adapter_behind(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local_cache: Path
 ) -> None:
-    monkeypatch.setenv("KAITO_CACHE_DIR", str(tmp_path / "cache"))
+    from kaito.runtime.tuning import inputs
+
+    # Every retry still happens; only the pauses between them (15.5 s in all) are shortened.
+    monkeypatch.setattr(inputs, "fetch_urls", functools.partial(inputs.fetch_urls, backoff_s=0.01))
     text = (EXAMPLES / "tuning-smollm2.yaml").read_text()
     url = f"http://127.0.0.1:{closed_port()}/facts.jsonl"
     text = text.replace(
