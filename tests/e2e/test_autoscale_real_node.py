@@ -43,10 +43,12 @@ METRICS_S = 180
 # The load: at most this many requests, for at most this long, from this many clients.
 MAX_REQUESTS = 3000
 LOAD_S = 480
-CLIENTS = 4
-# After load: the HPA's scale-down window (set below), metrics-server's resolution and the
-# HPA's 15 s sync, then the Workspace deletion.
-SCALE_DOWN_WINDOW_S = 30
+# Two clients keep one busy llama.cpp server at 4-7 times its 250m request, far above the
+# target, and leave the 2-core machine some CPU to start the second replica with.
+CLIENTS = 2
+# After load: the HPA's scale-down window (set below), metrics-server's 10 s resolution and the
+# dev cluster's 5 s HPA sync, then the Workspace deletion.
+SCALE_DOWN_WINDOW_S = 15
 SCALE_DOWN_S = 240
 GONE_S = 180
 # Percent of the pods' CPU request (250m for CPU presets): one busy llama.cpp server is far

@@ -239,8 +239,9 @@ def leftovers(release: PodRelease) -> list[str]:
     return found
 
 
-# The whole path takes 6-8 minutes on a quiet 2-core machine (the tuning Job is most of it) and
-# over 15 under load 10; the per-test limit of pyproject.toml is for single steps.
+# The whole path takes 2.5 minutes on a quiet 2-core machine (the tuning Job, 10 steps, is
+# 1.5 of them) and several times that under load; pyproject.toml's per-test limit is for
+# single steps.
 @pytest.mark.timeout(READY_S + TUNING_S + READY_S + GONE_S)
 def test_serve_tune_and_serve_the_adapter_on_real_pods(
     operator_release: PodRelease,
