@@ -17,6 +17,7 @@ from lightkube.resources.core_v1 import ConfigMap, Event, Node, PersistentVolume
 from lightkube.types import CascadeType, PatchType
 
 from kaito.api.workspace import Workspace as WorkspaceModel
+from kaito.k8s.cache import Cache, covers, raw
 from kaito.k8s.ownership import (
     ChildWriteError,
     NameConflictError,
@@ -57,6 +58,15 @@ def to_json(obj: Any) -> JSON:
     return result
 
 
+def _stamped(obj: Mapping[str, Any], res: Any) -> JSON:
+    """A raw read as plain JSON with its apiVersion and kind (list items come without)."""
+    found = dict(obj)
+    info = res._api_info.resource
+    found.setdefault("apiVersion", f"{info.group}/{info.version}" if info.group else info.version)
+    found.setdefault("kind", info.kind)
+    return found
+
+
 def is_not_found(error: ApiError) -> bool:
     return getattr(error.status, "code", None) == 404
 
@@ -89,6 +99,8 @@ class Kube:
         # connections open (httpx's pool keeps 20 alive, so the rest were a TLS handshake on
         # both ends per request) and the apiserver busy with all of them at once.
         self.slots = asyncio.Semaphore(MAX_REQUESTS_IN_FLIGHT)
+        # Watch-fed reads of the children (the operator starts one; see kaito.k8s.cache).
+        self.cache: Cache | None = None
 
     async def _bounded(self, request: Awaitable[T]) -> T:
         """Await one lightkube request (not sent before this) within `slots`."""
@@ -113,14 +125,53 @@ class Kube:
     # --- reads ---------------------------------------------------------------------------
 
     async def get(self, res: Any, name: str, namespace: str | None = None) -> JSON | None:
+        """The object as the apiserver has it now (never from the cache), None if absent."""
+        # Decoded to plain JSON: a lightkube model costs a decode and a to_dict per read.
+        plain = raw(res)
         try:
             if namespace is None:
-                return to_json(await self._bounded(self.client.get(res, name)))
-            return to_json(await self._bounded(self.client.get(res, name, namespace=namespace)))
+                found = await self._bounded(self.client.get(plain, name))
+            else:
+                found = await self._bounded(self.client.get(plain, name, namespace=namespace))
         except ApiError as error:
             if is_not_found(error):
                 return None
             raise
+        return _stamped(found, res)
+
+    async def read(self, res: Any, name: str, namespace: str | None = None) -> JSON | None:
+        """For the planner: the cached object if the cache has it, else `get` (a labelled
+        cache's miss says nothing about objects without the label)."""
+        kind = res._api_info.resource.kind
+        store = self.cache.store(kind, namespace) if self.cache is not None else None
+        if store is not None and (found := store.get(namespace, name)) is not None:
+            return found
+        return await self.get(res, name, namespace)
+
+    async def read_list(
+        self,
+        res: Any,
+        *,
+        namespace: str | None = None,
+        labels: Mapping[str, str | None] | None = None,
+    ) -> list[JSON]:
+        """For the planner: `list_json`, from the cache when it holds every object asked for."""
+        kind = res._api_info.resource.kind
+        store = self.cache.store(kind, namespace) if self.cache is not None else None
+        if store is not None and covers(labels, store.labels):
+            return store.list(namespace, labels)
+        return await self.list_json(res, namespace=namespace, labels=labels)
+
+    def wrote(self, obj: JSON) -> None:
+        """Our write's result into the cache (the next pass reads it without the watch)."""
+        meta = obj.get("metadata") or {}
+        store = (
+            self.cache.store(str(obj.get("kind")), meta.get("namespace"))
+            if self.cache is not None
+            else None
+        )
+        if store is not None:
+            store.wrote(obj)
 
     async def list_json(
         self,
@@ -131,12 +182,13 @@ class Kube:
     ) -> list[JSON]:
         """Objects of one kind; a label mapped to None only has to exist."""
         selector: dict[str, Any] | None = dict(labels) if labels else None
+        plain = raw(res)
         async with self.slots:
             if namespace is None:
-                items = self.client.list(res, labels=selector)
+                items = self.client.list(plain, labels=selector)
             else:
-                items = self.client.list(res, namespace=namespace, labels=selector)
-            return [to_json(item) async for item in items]
+                items = self.client.list(plain, namespace=namespace, labels=selector)
+            return [_stamped(item, res) async for item in items]
 
     async def config_map_data(self, namespace: str, name: str) -> dict[str, str] | None:
         found = await self.get(ConfigMap, name, namespace)
@@ -149,7 +201,7 @@ class Kube:
 
     async def nodeclaims_of(self, namespace: str, name: str) -> list[JSON]:
         labels = {LABEL_WORKSPACE: name, LABEL_WORKSPACE_NAMESPACE: namespace}
-        return await self.list_json(NodeClaim, labels=labels)
+        return await self.read_list(NodeClaim, labels=labels)
 
     async def observe(
         self, workspace: WorkspaceModel, options: ClusterOptions, *, check_names: bool = True
@@ -166,7 +218,7 @@ class Kube:
         def get_once(res: Any, child: str, namespace: str) -> asyncio.Task[JSON | None]:
             key = (res._api_info.resource.kind, namespace, child)
             if key not in fetched:
-                fetched[key] = asyncio.ensure_future(self.get(res, child, namespace))
+                fetched[key] = asyncio.ensure_future(self.read(res, child, namespace))
             return fetched[key]
 
         async def none() -> None:
@@ -195,7 +247,7 @@ class Kube:
             claims(),
             nodes(),
             self.list_json(Service, namespace=ns, labels=own),
-            self.list_json(Pod, namespace=ns, labels=own),
+            self.read_list(Pod, namespace=ns, labels=own),
             self.list_json(ControllerRevision, namespace=ns, labels={LABEL_REVISION_OWNER: name}),
         )
 
@@ -318,9 +370,10 @@ class Kube:
         }
         if meta.get("namespace"):
             kwargs["namespace"] = meta["namespace"]
-        return to_json(
-            await self._bounded(self.client.patch(res, meta["name"], dict(obj), **kwargs))
+        written = await self._bounded(
+            self.client.patch(raw(res), meta["name"], dict(obj), **kwargs)
         )
+        return _stamped(written, res)
 
     async def remove(self, ref: ObjectRef) -> None:
         """Delete with no ownership check (the node simulator's own Nodes and volumes); gone
@@ -365,7 +418,9 @@ class Kube:
                     return existing
             if obj["kind"] == "ConfigMap":
                 return to_json(await self._bounded(self.client.create(res.from_dict(dict(obj)))))
-            return await self.server_side_apply(obj)
+            written = await self.server_side_apply(obj)
+            self.wrote(written)
+            return written
         except ApiError as error:
             raise ChildWriteError("apply", obj, status_code(error), api_message(error)) from error
 

@@ -33,6 +33,8 @@ from kaito.reconcile.types import Event, Observed, Plan
 
 Key = tuple[str, str]
 CLAIM_COUNT_TTL_S = 5.0
+# kopf's batch window for the child watches it used to run (kaito.k8s.cache has none).
+WAKE_BATCH_S = 0.1
 log = logging.getLogger("kaito.operator")
 
 
@@ -83,6 +85,10 @@ class Controller:
     def wake(self, namespace: str | None, name: str | None) -> None:
         if namespace and name and (event := self.wakeups.get((namespace, name))) is not None:
             event.set()
+
+    def child_event(self, kind: str, op: str, body: Mapping[str, Any]) -> None:
+        """A cached child changed (kaito.k8s.cache): wake its workspace."""
+        self.wake_for_child(body, (body.get("metadata") or {}).get("namespace"))
 
     def wake_for_child(self, body: Mapping[str, Any], namespace: str | None) -> None:
         """A child changed: wake the workspace named by its labels."""
@@ -268,6 +274,10 @@ class Controller:
                     log.info("%s/%s: %s (%s)", namespace, name, outcome.message, outcome.tier)
                     delay = outcome.delay if outcome.tier == "temporary" else None
                 await sleep_until(wake, stopped, delay or self.settings.resync_seconds)
+                if wake.is_set() and not stopped:
+                    # A child's changes come in bursts (a pod is created, scheduled, started,
+                    # ready within milliseconds on a fast node): one pass reads the burst.
+                    await asyncio.sleep(WAKE_BATCH_S)
         finally:
             self.forget(namespace, name)
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 import kopf
 
+from kaito.k8s.cache import Cache
 from kaito.k8s.client import Kube
-from kaito.manifests.keys import FINALIZER, LABEL_WORKSPACE
+from kaito.manifests.keys import FINALIZER
 from kaito.operator.controller import Controller
 from kaito.operator.inferenceset import register_reconcile as register_inferenceset_reconcile
 from kaito.operator.inferenceset import register_webhook as register_inferenceset_webhook
@@ -24,7 +26,23 @@ from kaito.operator.webhook import (
 )
 
 WORKSPACES = ("kaito.sh", "v1beta1", "workspaces")
-OWNED = {LABEL_WORKSPACE: kopf.PRESENT}
+
+
+class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's diff base (the essence it compares on every Workspace event, for `on.delete`),
+    built without deep-copying the status and metadata it then throws away."""
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None
+    ) -> kopf.BodyEssence:
+        # Measured on the operator bench: kopf's own build deep-copied every Workspace's
+        # status and managedFields per event, a tenth of the operator's CPU.
+        if extra_fields:
+            return super().build(body=body, extra_fields=extra_fields)
+        meta = body.get("metadata") or {}
+        slim = {key: value for key, value in body.items() if key not in ("status", "metadata")}
+        slim["metadata"] = {key: meta[key] for key in ("labels", "annotations") if key in meta}
+        return super().build(body=kopf.Body(cast(kopf.RawBody, slim)))
 
 
 def build_registry(
@@ -44,7 +62,7 @@ def build_registry(
         # Upstream's finalizer name, so clients and cleanup scripts recognise it.
         settings.persistence.finalizer = FINALIZER
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kaito.sh")
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        settings.persistence.diffbase_storage = LeanDiffBaseStorage(
             prefix="kaito.sh", key="last-handled-configuration"
         )
         settings.posting.enabled = False
@@ -58,7 +76,16 @@ def build_registry(
             settings.admission.server = server
             if op_settings.webhook_managed:
                 settings.admission.managed = WEBHOOK_NAME
-        memo.controller = Controller(kube, op_settings)
+        controller = Controller(kube, op_settings)
+        memo.controller = controller
+        if reconcile:
+            # The children's reads and the wakeups they cause come from one watch per kind.
+            kube.cache = Cache(
+                kube.client,
+                namespace=op_settings.watch_namespace or None,
+                listener=controller.child_event,
+            )
+            kube.cache.start()
 
     _settings = settings
 
@@ -75,6 +102,8 @@ def build_registry(
             logging.getLogger("kaito.operator").info(
                 "stats: %s", json.dumps(dataclasses.asdict(controller.stats))
             )
+            if controller.kube.cache is not None:
+                await controller.kube.cache.close()
             await controller.kube.close()
 
     if serve_webhook:
@@ -114,21 +143,9 @@ def _register_reconcile(registry: kopf.OperatorRegistry) -> None:
         controller: Controller = memo.controller
         await controller.reconcile(body)
 
-    async def child_changed(
-        body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any
-    ) -> None:
-        controller: Controller | None = getattr(memo, "controller", None)
-        if controller is not None:
-            controller.wake_for_child(body, namespace)
-
+    # The children (NodeClaims, StatefulSets, Jobs, Pods) wake their Workspace from the
+    # cache's watches (kaito.k8s.cache, started in `configure`), not from kopf handlers.
     register_inferenceset_reconcile(registry)
-    for resource in (
-        ("karpenter.sh", "v1", "nodeclaims"),
-        ("apps", "v1", "statefulsets"),
-        ("batch", "v1", "jobs"),
-        ("", "v1", "pods"),
-    ):
-        kopf.on.event(*resource, labels=OWNED, registry=registry)(child_changed)
 
 
 def _register_webhook(registry: kopf.OperatorRegistry) -> None:

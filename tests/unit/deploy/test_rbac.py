@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import kaito.api.inferenceset
+import kaito.k8s.cache
 import kaito.k8s.client
 import kaito.k8s.inferenceset
 import kaito.k8s.lease
@@ -145,6 +146,14 @@ def watched() -> Iterator[Permission]:
         yield selector.group or "", str(selector.any_name), "watch"
 
 
+def cached() -> Iterator[Permission]:
+    """kaito.k8s.cache lists and watches each cached kind."""
+    for kind in kaito.k8s.cache.CHILDREN:
+        group, plural = rbac_name(kind.res)
+        yield group, plural, "list"
+        yield group, plural, "watch"
+
+
 # kopf lists the namespaces to serve when it is not cluster-wide (KAITO_WATCH_NAMESPACE set).
 KOPF_NAMESPACED = {("", "namespaces", "list"), ("", "namespaces", "watch")}
 
@@ -161,6 +170,7 @@ def used_by_the_code(*, namespaced: bool = False) -> set[Permission]:
         *set_members(),
         *deleted_kinds(),
         *watched(),
+        *cached(),
         *KOPF,
         *GRANTED_ONWARD,
     }
