@@ -170,3 +170,33 @@ def test_an_unreachable_url_fails_and_leaves_no_adapter_behind(
     assert result.exit_code == 2, result.output
     assert "tuning.input.urls" in result.output
     assert not (adapter / "fine_tuning_completed.txt").exists()
+
+
+def test_max_steps_on_the_command_line_reaches_the_trainer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local_cache: Path
+) -> None:
+    """`kaito run --max-steps` overrides the example's config (the trainer itself is stood in
+    for: the tuning test above runs it)."""
+    from kaito.runtime.tuning import train
+    from kaito.runtime.tuning.config import ConfigError, TuningConfig
+
+    def stand_in(config: TuningConfig, *_: object, **__: object) -> None:
+        raise ConfigError(f"stand-in trainer got max_steps={config.training['max_steps']}")
+
+    monkeypatch.setattr(train, "run_tuning", stand_in)
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "-f",
+            str(EXAMPLES / "tuning-smollm2.yaml"),
+            "--volume",
+            f"velora-facts={EXAMPLES / 'data'}",
+            "--volume",
+            f"velora-adapter={tmp_path / 'adapter'}",
+            "--max-steps",
+            "3",
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "stand-in trainer got max_steps=3" in result.output
