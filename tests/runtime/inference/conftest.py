@@ -45,7 +45,7 @@ def server(model_dir: Path, empty_adapter_dir: Path) -> Iterator[RunningServer]:
         log_level="warning",
     )
     # Loading here (not in the server thread) keeps the weights out of the timed tests.
-    running = start_server(config, timeout=300, preloaded=load_model(model_dir))
+    running = start_server(config, timeout=300, preloaded=load_model(model_dir, "float32"))
     yield running
     running.stop()
 

@@ -9,6 +9,7 @@ import torch
 
 from kaito.runtime.inference.config import parse_args
 from kaito.runtime.inference.packed_linear import PackedLinear, can_pack, pack_linear_layers
+from kaito.runtime.inference.precision import native_bf16
 
 pytestmark = pytest.mark.skipif(
     not torch.backends.mkldnn.is_available(), reason="this PyTorch build has no oneDNN"
@@ -73,11 +74,23 @@ def test_one_row_takes_the_dense_weight_and_a_batch_the_packed_one() -> None:
     assert not torch.allclose(batch[:1], one)
 
 
-def test_packing_twice_changes_nothing_and_only_fp32_cpu_models_qualify() -> None:
+def test_packing_twice_changes_nothing_and_only_fp32_or_native_bf16_models_qualify() -> None:
     _, packed = make_pair()
     assert pack_linear_layers(packed) == 0
     assert can_pack(TinyLM())
-    assert not can_pack(TinyLM().to(torch.bfloat16))
+    assert can_pack(TinyLM().to(torch.bfloat16)) == native_bf16()
+    assert not can_pack(TinyLM().to(torch.float16))
+
+
+@pytest.mark.skipif(not native_bf16(), reason="this CPU has no native bf16")
+def test_bf16_layers_take_the_packed_weight_even_for_one_row() -> None:
+    model = TinyLM().to(torch.bfloat16)
+    assert pack_linear_layers(model) > 0
+    with torch.no_grad():
+        model.up.weight.zero_()  # only the dense path would see this
+    with torch.inference_mode():
+        one = model.up(torch.randn(1, HIDDEN, dtype=torch.bfloat16))
+    assert not torch.allclose(one, model.up.bias.expand(1, INNER))
 
 
 def test_a_packed_model_can_be_deep_copied() -> None:

@@ -55,7 +55,7 @@ class ServerConfig:
     # config file's `adapter_strengths` mapping); a name not listed gets 1.0.
     adapter_strengths: Mapping[str, float] = field(default_factory=dict)
     num_threads: int | None = None  # torch intra-op threads; None: all visible cores
-    weight_packing: bool = True  # fp32 on CPU: oneDNN-prepacked linear weights (packed_linear)
+    weight_packing: bool = True  # fp32/bf16 on CPU: oneDNN-prepacked linear weights
     trust_remote_code: bool = False
     pipeline: str = "text-generation"  # legacy /chat mode: text-generation or conversational
     log_level: str = "info"

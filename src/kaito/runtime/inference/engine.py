@@ -678,13 +678,26 @@ def _build_engine(config: ServerConfig, hooks: EngineHooks) -> TransformersEngin
 
 
 def load_model(path: str | Path, dtype: str = "auto", **kwargs: Any) -> tuple[Any, Any]:
-    """Load tokenizer and causal LM for CPU serving; `dtype` is auto or a torch dtype name."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Load tokenizer and causal LM for CPU serving; `dtype` is auto or a torch dtype name.
+
+    `auto` is the checkpoint's format, or bf16 where this CPU computes it natively (precision.py).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from kaito.runtime.inference.precision import native_bf16, serving_dtype
 
     started = time.monotonic()
     tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
-    torch_dtype: Any = "auto" if dtype == "auto" else getattr(torch, dtype)
+    if dtype == "auto":
+        stored = getattr(AutoConfig.from_pretrained(str(path), **kwargs), "dtype", None)
+        if isinstance(stored, str):
+            stored = getattr(torch, stored, None)
+        torch_dtype = serving_dtype(
+            stored if isinstance(stored, torch.dtype) else None, native=native_bf16()
+        )
+    else:
+        torch_dtype = getattr(torch, dtype)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, **kwargs)
     model.eval()
-    log.info("loaded %s in %.1f s", path, time.monotonic() - started)
+    log.info("loaded %s as %s in %.1f s", path, torch_dtype, time.monotonic() - started)
     return model, tokenizer

@@ -1,4 +1,4 @@
-"""Linear layers with oneDNN-prepacked weights, for batched fp32 decoding on CPU.
+"""Linear layers with oneDNN-prepacked weights, for fp32 and bf16 decoding on CPU.
 
 Why: a decode step multiplies a handful of rows (one per running sequence) by every weight
 matrix. For those shapes MKL's generic GEMM on an AVX2 CPU costs ~4x a single row at 8 rows,
@@ -6,7 +6,8 @@ while oneDNN with weights reordered once into its blocked layout costs ~2x, and 
 projection (the largest matrix) ~3x less than MKL (measured in docs/inference.md). For a single
 row MKL is still faster on the small projections, so those keep using the dense weight. The
 numbers are the same fp32 math in another summation order; greedy answers were unchanged on
-SmolLM2.
+SmolLM2. bf16 weights (see precision.py) are packed for every row count: on an AVX-512 BF16 CPU
+the packed bf16 step was as fast as the dense one on one row and ~1.3x faster on 8 and 16.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import logging
 from typing import Any
 
 import torch
+
+from kaito.runtime.inference.precision import native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,11 @@ class PackedLinear(torch.nn.Linear):  # type: ignore[misc]  # torch is untyped u
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        small = rows.shape[0] < PACKED_MIN_ROWS and self.out_features < PACKED_ALWAYS_MIN_FEATURES
+        small = (
+            rows.shape[0] < PACKED_MIN_ROWS
+            and self.out_features < PACKED_ALWAYS_MIN_FEATURES
+            and self.weight.dtype == torch.float32
+        )
         if small or (x.requires_grad and torch.is_grad_enabled()):
             return torch.nn.functional.linear(x, self.weight, self.bias)
         if not rows.is_contiguous():
@@ -59,15 +66,13 @@ class PackedLinear(torch.nn.Linear):  # type: ignore[misc]  # torch is untyped u
 
 
 def can_pack(model: Any) -> bool:
-    """Packing applies to fp32 models on CPU where PyTorch was built with oneDNN."""
+    """Packing applies on CPU with oneDNN to fp32 models, and to bf16 ones where bf16 is native."""
     if not torch.backends.mkldnn.is_available():
         return False
     parameter = next(iter(model.parameters()), None)
-    return (
-        parameter is not None
-        and parameter.device.type == "cpu"
-        and parameter.dtype == torch.float32
-    )
+    if parameter is None or parameter.device.type != "cpu":
+        return False
+    return parameter.dtype == torch.float32 or (parameter.dtype == torch.bfloat16 and native_bf16())
 
 
 def pack_linear_layers(model: torch.nn.Module) -> int:
