@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lightkube import ApiError
@@ -46,6 +46,8 @@ class Stats:
     writes: int = 0
     errors: int = 0
     reconcile_seconds: float = 0.0
+    # What ended a daemon's sleep: the kind whose event woke it, or "timer" (requeue).
+    woken: dict[str, int] = field(default_factory=dict)
 
 
 class Controller:
@@ -80,20 +82,26 @@ class Controller:
         own = self.own_writes.pop(key, None)
         if own is not None and own == (meta.get("resourceVersion"), _inputs(body)):
             return
-        self.wake(*key)
+        self.wake(*key, cause="Workspace")
 
-    def wake(self, namespace: str | None, name: str | None) -> None:
+    def wake(self, namespace: str | None, name: str | None, cause: str = "") -> None:
         if namespace and name and (event := self.wakeups.get((namespace, name))) is not None:
+            if cause and not event.is_set():
+                self.stats.woken[cause] = self.stats.woken.get(cause, 0) + 1
             event.set()
 
     def child_event(self, kind: str, op: str, body: Mapping[str, Any]) -> None:
         """A cached child changed (kaito.k8s.cache): wake its workspace."""
-        self.wake_for_child(body, (body.get("metadata") or {}).get("namespace"))
+        self.wake_for_child(body, (body.get("metadata") or {}).get("namespace"), kind)
 
-    def wake_for_child(self, body: Mapping[str, Any], namespace: str | None) -> None:
+    def wake_for_child(
+        self, body: Mapping[str, Any], namespace: str | None, kind: str = ""
+    ) -> None:
         """A child changed: wake the workspace named by its labels."""
         labels = (body.get("metadata") or {}).get("labels") or {}
-        self.wake(labels.get(LABEL_WORKSPACE_NAMESPACE) or namespace, labels.get(LABEL_WORKSPACE))
+        self.wake(
+            labels.get(LABEL_WORKSPACE_NAMESPACE) or namespace, labels.get(LABEL_WORKSPACE), kind
+        )
 
     async def reconcile(self, body: Mapping[str, Any]) -> Plan:
         """Observe, plan, execute. Raises what `errors.classify` maps to framework behaviour.
@@ -274,6 +282,8 @@ class Controller:
                     log.info("%s/%s: %s (%s)", namespace, name, outcome.message, outcome.tier)
                     delay = outcome.delay if outcome.tier == "temporary" else None
                 await sleep_until(wake, stopped, delay or self.settings.resync_seconds)
+                if not wake.is_set() and not stopped:
+                    self.stats.woken["timer"] = self.stats.woken.get("timer", 0) + 1
                 if wake.is_set() and not stopped:
                     # A child's changes come in bursts (a pod is created, scheduled, started,
                     # ready within milliseconds on a fast node): one pass reads the burst.

@@ -300,10 +300,13 @@ async def test_a_child_event_wakes_its_workspace() -> None:
     wake = controller.wakeup("ns", "ws")
     claim = obj("c", namespace=None, **{LABEL_WORKSPACE: "ws", LABEL_WORKSPACE_NAMESPACE: "ns"})
     controller.child_event("NodeClaim", "ADDED", claim)
+    controller.child_event("NodeClaim", "MODIFIED", claim)  # already awake: not counted
     assert wake.is_set()
+    assert controller.stats.woken == {"NodeClaim": 1}
     wake.clear()
     controller.child_event("Pod", "MODIFIED", obj("p", **{LABEL_WORKSPACE: "other"}))
     assert not wake.is_set()
+    assert controller.stats.woken == {"NodeClaim": 1}
 
 
 def test_the_cached_kinds_are_the_ones_the_operator_may_watch() -> None:
