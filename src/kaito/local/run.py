@@ -6,7 +6,7 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,24 +55,28 @@ def serving_engine(plan: ServePlan, override: Path | None = None) -> str:
     return "llamacpp"
 
 
-def model_path(preset: Preset, override: Path | None = None, engine: str = "transformers") -> Path:
-    """The weights for a preset on this machine: a directory, or the GGUF file for llama.cpp."""
+def model_source(
+    preset: Preset, override: Path | None = None, engine: str = "transformers"
+) -> Callable[[], Path]:
+    """Refuses a preset or --model-dir that cannot serve here, converting nothing, and returns
+    the call that yields the weights (the small model converts on its first use)."""
     if override is not None:
         if not override.is_dir():
             raise LocalModeError(f"--model-dir {override}: not a directory")
-        return override
-    if preset.source == "local:smollm2" and engine == "llamacpp":
-        from kaito.runtime.small_model import gguf_path
-
-        return gguf_path()
+        return lambda: override
     if preset.source == "local:smollm2":
-        from kaito.runtime.small_model import small_model_path
+        from kaito.runtime import small_model
 
-        return small_model_path()
+        return small_model.gguf_path if engine == "llamacpp" else small_model.small_model_path
     raise LocalModeError(
         f"preset {preset.name} downloads {preset.hf_id} at run time: download it yourself "
         "and pass --model-dir PATH"
     )
+
+
+def model_path(preset: Preset, override: Path | None = None, engine: str = "transformers") -> Path:
+    """The weights for a preset on this machine: a directory, or the GGUF file for llama.cpp."""
+    return model_source(preset, override, engine)()
 
 
 @dataclass(frozen=True)
@@ -160,7 +164,9 @@ def run_tuning_plan(
         config = load_config(plan.config_file or template_path(plan.method))
     except (ConfigError, OSError) as exc:
         raise LocalModeError(f"tuning config: {exc}") from exc
-    weights = model_path(plan.preset, model_dir)
+    # Inputs before weights: converting the model takes tens of seconds, and a bad URL or
+    # image should fail in the seconds its download takes.
+    weights = model_source(plan.preset, model_dir)
     data_dir = _fetch_inputs(plan, base / "data", console, docker_config)
     output = plan.output_dir or base / "results"
     overrides = {k: v for k, v in (training_overrides or {}).items() if v is not None}
@@ -170,7 +176,7 @@ def run_tuning_plan(
             config,
             data_dir,
             output,
-            model_path=str(weights),
+            model_path=str(weights()),
             allow_lora_fallback=allow_lora_fallback,
             console=True,
         )

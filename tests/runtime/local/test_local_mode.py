@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -149,10 +150,25 @@ def test_an_unknown_preset_names_the_field(tmp_path: Path) -> None:
 def test_an_unreachable_url_fails_and_leaves_no_adapter_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local_cache: Path
 ) -> None:
+    from kaito.runtime import small_model
     from kaito.runtime.tuning import inputs
 
     # Every retry still happens; only the pauses between them (15.5 s in all) are shortened.
     monkeypatch.setattr(inputs, "fetch_urls", functools.partial(inputs.fetch_urls, backoff_s=0.01))
+    # The inputs come first: a bad URL must fail before the model is converted or loaded.
+    resolved: list[str] = []
+
+    def recorded(name: str) -> Callable[[], Path]:
+        real = getattr(small_model, name)
+
+        def resolve() -> Path:
+            resolved.append(name)
+            return Path(real())
+
+        return resolve
+
+    for name in ("small_model_path", "gguf_path"):
+        monkeypatch.setattr(small_model, name, recorded(name))
     text = (EXAMPLES / "tuning-smollm2.yaml").read_text()
     url = f"http://127.0.0.1:{closed_port()}/facts.jsonl"
     text = text.replace(
@@ -169,6 +185,7 @@ def test_an_unreachable_url_fails_and_leaves_no_adapter_behind(
     )
     assert result.exit_code == 2, result.output
     assert "tuning.input.urls" in result.output
+    assert resolved == []
     assert not (adapter / "fine_tuning_completed.txt").exists()
 
 
