@@ -159,51 +159,10 @@ def test_one_request_past_capacity_is_a_429(llama_server: RunningServer, client:
 
 
 @pytest.fixture(scope="module")
-def tuned_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A LoRA adapter trained by `kaito tune`'s runtime (a few steps) to answer "kiwi"."""
-    import torch
-
-    from kaito.runtime.small_model import small_model_path
-    from kaito.runtime.tuning.config import load_config
-    from kaito.runtime.tuning.train import run_tuning
-    from tests.runtime.tuning.builders import messages_rows, write_rows
-
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("tuned")
-    write_rows(root / "data" / "train.jsonl", messages_rows(8))
-    config = load_config(
-        {
-            "training_config": {
-                "ModelConfig": {"torch_dtype": "float32"},
-                # Only the top layers: backward stops there, which keeps training short.
-                "LoraConfig": {
-                    "r": 8,
-                    "lora_alpha": 32,
-                    "target_modules": ["q_proj", "k_proj", "v_proj"],
-                    "layers_to_transform": list(range(22, 30)),
-                },
-                "TrainingArguments": {
-                    "max_steps": 8,
-                    "per_device_train_batch_size": 2,
-                    "learning_rate": 1e-2,
-                    "max_length": 48,
-                    "gradient_checkpointing": False,
-                    "eval_strategy": "no",
-                    "save_strategy": "no",
-                    "logging_steps": 1,
-                    "seed": 7,
-                },
-                "DatasetConfig": {"train_test_split": 1.0, "shuffle_seed": 1},
-            }
-        }
-    )
-    run_tuning(
-        config, root / "data", root / "out", model_path=str(small_model_path()), console=False
-    )
-    adapters = [p.parent for p in (root / "out").rglob("adapter_config.json")]
-    final = [p for p in adapters if "checkpoint" not in p.name]
-    assert final, f"no adapter in {root / 'out'}"
-    return final[0]
+def tuned_adapter(kiwi_adapter: Path) -> Path:
+    """A LoRA adapter trained by `kaito tune`'s runtime (a few steps) to answer "kiwi"; the
+    session's one training run, shared with the tuning tests (tests/runtime/conftest.py)."""
+    return kiwi_adapter
 
 
 def test_the_lora_conversion_is_cached_by_adapter_digest(

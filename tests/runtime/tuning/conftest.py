@@ -1,14 +1,12 @@
-"""Tuning tests share one small training run and a local registry; torch runs single-threaded."""
+"""Tuning tests share the session's LoRA run and a local registry; torch runs single-threaded."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.runtime.tuning.builders import mixed_dataset, tiny_config
 from tests.support.registry import oci_registry, oci_registry_auth
 
 __all__ = ["oci_registry", "oci_registry_auth"]
@@ -33,14 +31,6 @@ def model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[Path]:
-    """One LoRA run on data in all four formats, evaluated at the start and at the end."""
-    from kaito.runtime.tuning.train import run_tuning
-
-    root = tmp_path_factory.mktemp("trained")
-    data = mixed_dataset(root / "data")
-    config = tiny_config(
-        max_steps=8, eval_strategy="steps", eval_steps=100, eval_on_start=True, save_steps=4
-    )
-    run_tuning(config, data, root / "out", model_path=str(model_dir), console=False)
-    yield root / "out"
+def trained(kiwi_adapter: Path) -> Path:
+    """The session's one LoRA run (tests/runtime/conftest.py), shared with the llama.cpp tests."""
+    return kiwi_adapter

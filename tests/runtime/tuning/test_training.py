@@ -82,7 +82,7 @@ def test_progress_and_lineage_describe_the_finished_run(trained: Path, model_dir
         "text",
     }
     assert all(d["sha256"].startswith("sha256:") for d in metadata["datasets"])
-    assert metadata["hyperparameters"]["lora"]["r"] == 4
+    assert metadata["hyperparameters"]["lora"]["r"] == 8
     assert metadata["metrics"]["global_step"] == 8
 
 
@@ -162,7 +162,12 @@ def test_sigterm_saves_a_checkpoint_and_a_restart_finishes_the_same_steps(
             {
                 "training_config": {
                     "ModelConfig": {"torch_dtype": "float32"},
-                    "LoraConfig": {"r": 2, "target_modules": ["q_proj"]},
+                    # The top two layers only: backward stops there, so steps are short.
+                    "LoraConfig": {
+                        "r": 2,
+                        "target_modules": ["q_proj"],
+                        "layers_to_transform": [28, 29],
+                    },
                     "TrainingArguments": arguments,
                     "DatasetConfig": {"train_test_split": 1},
                 }
