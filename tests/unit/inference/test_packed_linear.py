@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from kaito.runtime.inference.config import parse_args
-from kaito.runtime.inference.packed_linear import PackedLinear, can_pack, pack_linear_layers
+from kaito.runtime.inference.packed_linear import (
+    PackedLinear,
+    can_pack,
+    pack_linear_layers,
+    quantize_int8,
+)
 from kaito.runtime.inference.precision import native_bf16
 
 pytestmark = pytest.mark.skipif(
@@ -83,14 +88,36 @@ def test_packing_twice_changes_nothing_and_only_fp32_or_native_bf16_models_quali
 
 
 @pytest.mark.skipif(not native_bf16(), reason="this CPU has no native bf16")
-def test_bf16_layers_take_the_packed_weight_even_for_one_row() -> None:
+def test_bf16_one_row_takes_the_int8_copy_and_two_rows_the_packed_one() -> None:
     model = TinyLM().to(torch.bfloat16)
-    assert pack_linear_layers(model) > 0
+    assert pack_linear_layers(model) == 4  # the small key projection gets its int8 copy too
+    assert model.key.packed_weight is None and model.key.int8_weight is not None
     with torch.no_grad():
-        model.up.weight.zero_()  # only the dense path would see this
+        model.up.weight.zero_()  # neither inference copy sees this
+        assert model.up.int8_weight is not None
+        model.up.int8_weight.zero_()  # only the int8 copy: one row now gives the bias alone
+    rows = torch.randn(2, HIDDEN, dtype=torch.bfloat16)
     with torch.inference_mode():
-        one = model.up(torch.randn(1, HIDDEN, dtype=torch.bfloat16))
-    assert not torch.allclose(one, model.up.bias.expand(1, INNER))
+        one = model.up(rows[:1])
+        two = model.up(rows)
+    torch.testing.assert_close(one, model.up.bias.expand(1, INNER))
+    assert not torch.allclose(two[:1], one)
+
+
+def test_int8_copies_are_within_half_a_step_of_the_weight() -> None:
+    weight = torch.randn(64, 96) * torch.linspace(0.01, 3.0, 64)[:, None]
+    quantized, scales = quantize_int8(weight)
+    assert quantized.dtype == torch.int8 and scales.shape == (64,)
+    assert int(quantized.abs().max()) == 127  # each row's largest value uses the full range
+    error = (quantized.float() * scales[:, None] - weight).abs()
+    assert bool((error <= scales[:, None] / 2 + 1e-6).all())
+    # Just past: a step of a quarter more than the scale would exceed it somewhere.
+    assert not bool((error <= scales[:, None] / 4).all())
+
+
+def test_fp32_models_get_no_int8_copy() -> None:
+    _, packed = make_pair()
+    assert all(m.int8_weight is None for m in packed.modules() if isinstance(m, PackedLinear))
 
 
 def test_a_packed_model_can_be_deep_copied() -> None:
