@@ -43,3 +43,17 @@ def smol_package() -> WeightsPackage:
 @pytest.fixture(scope="session")
 def smol_pushed(oci_registry: LocalRegistry, smol_package: WeightsPackage) -> WeightsPushResult:
     return push_weights(smol_package, oci_registry.ref(*SMOL_REF))
+
+
+@pytest.fixture(scope="session")
+def cache_package(tmp_path_factory: pytest.TempPathFactory) -> WeightsPackage:
+    """A model-shaped 6 MiB package for the cache-integrity tests: they corrupt blobs and pull
+    again, which needs blobs, not a model that runs (pulling the small model twice took 5 s a
+    test here)."""
+    directory = fake_model(tmp_path_factory.mktemp("cache-model"), seed="cache")
+    return package_weights(directory, model_name="fake-cache", revision="r1")
+
+
+@pytest.fixture(scope="session")
+def cache_pushed(oci_registry: LocalRegistry, cache_package: WeightsPackage) -> WeightsPushResult:
+    return push_weights(cache_package, oci_registry.ref("models/fake-cache", "1"))

@@ -84,7 +84,10 @@ def hub() -> Iterator[Hub]:
             self._send(200, body)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # shutdown() waits out one poll of serve_forever: 0.5 s a test at the default.
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+    )
     thread.start()
     state.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
     try:
