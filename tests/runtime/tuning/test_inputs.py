@@ -93,7 +93,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
 def server() -> Iterator[FlakyServer]:
     httpd = FlakyServer(("127.0.0.1", 0), Handler)
     httpd.requests = []
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    # shutdown() waits out one poll of serve_forever: 0.5 s a test at the default.
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+    )
     thread.start()
     yield httpd
     httpd.shutdown()
