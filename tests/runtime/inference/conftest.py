@@ -10,6 +10,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,21 +32,34 @@ def empty_adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("adapters")
 
 
-@pytest.fixture(scope="session")
-def server(model_dir: Path, empty_adapter_dir: Path) -> Iterator[RunningServer]:
+def serve_small_model(
+    model_dir: Path, adapter_dir: Path, dtype: str, **changes: Any
+) -> RunningServer:
+    """A loopback server on the small model in `dtype`, with the tests' limits."""
+    settings: dict[str, Any] = {
+        "served_model_name": SERVED_NAME,
+        "max_model_len": 1024,
+        "default_max_tokens": 32,
+        "num_threads": 2,
+        "log_level": "warning",
+        **changes,
+    }
     config = ServerConfig(
         model=str(model_dir),
-        served_model_name=SERVED_NAME,
         host="127.0.0.1",
         port=0,
-        adapter_dir=str(empty_adapter_dir),
-        max_model_len=1024,
-        default_max_tokens=32,
-        num_threads=2,
-        log_level="warning",
+        adapter_dir=str(adapter_dir),
+        dtype=dtype,
+        **settings,
     )
     # Loading here (not in the server thread) keeps the weights out of the timed tests.
-    running = start_server(config, timeout=300, preloaded=load_model(model_dir, "float32"))
+    return start_server(config, timeout=300, preloaded=load_model(model_dir, dtype))
+
+
+@pytest.fixture(scope="session")
+def server(model_dir: Path, empty_adapter_dir: Path) -> Iterator[RunningServer]:
+    # fp32: the exact mode, whose batched greedy answers equal generate()'s.
+    running = serve_small_model(model_dir, empty_adapter_dir, "float32")
     yield running
     running.stop()
 

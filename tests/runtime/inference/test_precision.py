@@ -17,9 +17,9 @@ import httpx
 import pytest
 import torch
 
-from kaito.runtime.inference import RunningServer, ServerConfig, start_server
+from kaito.runtime.inference import RunningServer
 from kaito.runtime.inference.engine import load_model
-from tests.runtime.inference.conftest import FRANCE, chat_ids
+from tests.runtime.inference.conftest import FRANCE, chat_ids, serve_small_model
 
 PROMPTS = [
     "Name three colors.",
@@ -47,18 +47,7 @@ def fp32_model(model_dir: Path) -> tuple[Any, Any]:
 
 @pytest.fixture(scope="module")
 def bf16_server(model_dir: Path, empty_adapter_dir: Path) -> Iterator[RunningServer]:
-    config = ServerConfig(
-        model=str(model_dir),
-        served_model_name="bf16",
-        host="127.0.0.1",
-        port=0,
-        adapter_dir=str(empty_adapter_dir),
-        dtype="bfloat16",
-        max_model_len=1024,
-        num_threads=2,
-        log_level="warning",
-    )
-    running = start_server(config, timeout=300, preloaded=load_model(model_dir, "bfloat16"))
+    running = serve_small_model(model_dir, empty_adapter_dir, "bfloat16", served_model_name="bf16")
     yield running
     running.stop()
 
