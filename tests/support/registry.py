@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from kaito.devcluster.controlplane import free_port
 
 REGISTRY_BINARY = "docker-registry"
 HTPASSWD_BINARY = "htpasswd"
@@ -49,12 +50,6 @@ class LocalRegistry:
         path = directory / "config.json"
         path.write_text(json.dumps({"auths": auths}), encoding="utf-8")
         return path
-
-
-def free_port(address: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((address, 0))
-        return int(sock.getsockname()[1])
 
 
 def registry_binary() -> str | None:

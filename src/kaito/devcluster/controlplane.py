@@ -6,6 +6,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import shutil
 import socket
 import ssl
@@ -39,12 +40,38 @@ class ControlPlaneError(RuntimeError):
     """A component exited or did not become ready; the message carries its log tail."""
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (the component binds it moments later)."""
+# bind(0) hands out ports from the kernel's ephemeral range, the range outgoing connections take
+# their local ports from too. Between picking a port and a component binding it (seconds, while
+# the apiserver starts) a connection such as the apiserver's to etcd can take it: a CI run lost
+# kwok to "address already in use" that way. Ports below the range are never taken like that.
+LISTEN_PORTS_SPAN = 12000
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def listen_port_range(range_file: Path = EPHEMERAL_RANGE_FILE) -> range:
+    """Ports to listen on: the span just below the ephemeral range (32768 where unknown)."""
+    try:
+        low = int(range_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(max(1024, low - LISTEN_PORTS_SPAN), max(1025, low))
+
+
+def free_port(address: str = "127.0.0.1", candidates: range | None = None) -> int:
+    """A TCP port on `address` that is free right now, outside the ephemeral range when one is
+    free there (the component binds it moments later)."""
+    pool = candidates if candidates is not None else listen_port_range()
+    for port in random.sample(pool, min(64, len(pool))):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((address, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+        probe.bind((address, 0))
+        chosen: int = probe.getsockname()[1]
+        return chosen
 
 
 def kubeconfig_dict(server: str, ca: Path, client: CertPair, *, embed: bool) -> dict[str, Any]:
