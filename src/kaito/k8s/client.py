@@ -17,7 +17,7 @@ from lightkube.resources.core_v1 import ConfigMap, Event, Node, PersistentVolume
 from lightkube.types import CascadeType, PatchType
 
 from kaito.api.workspace import Workspace as WorkspaceModel
-from kaito.k8s.cache import Cache, covers, raw
+from kaito.k8s.cache import Cache, Store, covers, raw
 from kaito.k8s.ownership import (
     ChildWriteError,
     NameConflictError,
@@ -142,8 +142,7 @@ class Kube:
     async def read(self, res: Any, name: str, namespace: str | None = None) -> JSON | None:
         """For the planner: the cached object if the cache has it, else `get` (a labelled
         cache's miss says nothing about objects without the label)."""
-        kind = res._api_info.resource.kind
-        store = self.cache.store(kind, namespace) if self.cache is not None else None
+        store = self._store(res._api_info.resource.kind, namespace)
         if store is not None and (found := store.get(namespace, name)) is not None:
             return found
         return await self.get(res, name, namespace)
@@ -156,8 +155,7 @@ class Kube:
         labels: Mapping[str, str | None] | None = None,
     ) -> list[JSON]:
         """For the planner: `list_json`, from the cache when it holds every object asked for."""
-        kind = res._api_info.resource.kind
-        store = self.cache.store(kind, namespace) if self.cache is not None else None
+        store = self._store(res._api_info.resource.kind, namespace)
         if store is not None and covers(labels, store.labels):
             return store.list(namespace, labels)
         return await self.list_json(res, namespace=namespace, labels=labels)
@@ -165,13 +163,13 @@ class Kube:
     def wrote(self, obj: JSON) -> None:
         """Our write's result into the cache (the next pass reads it without the watch)."""
         meta = obj.get("metadata") or {}
-        store = (
-            self.cache.store(str(obj.get("kind")), meta.get("namespace"))
-            if self.cache is not None
-            else None
-        )
+        store = self._store(str(obj.get("kind")), meta.get("namespace"))
         if store is not None:
             store.wrote(obj)
+
+    def _store(self, kind: str, namespace: str | None) -> Store | None:
+        """The cache's store for `kind` in `namespace`, or None when nothing caches it."""
+        return self.cache.store(kind, namespace) if self.cache is not None else None
 
     async def list_json(
         self,
