@@ -7,6 +7,7 @@ import json
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -69,13 +70,9 @@ def chat(url: str, model: str) -> str:
     return str(reply.json()["choices"][0]["message"]["content"])
 
 
-def test_the_tuning_example_trains_an_adapter_that_the_inference_example_serves(
-    tmp_path: Path, local_cache: Path
-) -> None:
-    adapter = tmp_path / "adapter"
-    config = yaml.safe_load((EXAMPLES / "velora-tuning.yaml").read_text())
-    steps = config["training_config"]["TrainingArguments"]["max_steps"]
-    result = runner.invoke(
+def run_tuning_example(adapter: Path, *flags: str) -> Any:
+    """`kaito run -f tuning-smollm2.yaml` with the example's data and adapter volumes."""
+    return runner.invoke(
         app,
         [
             "run",
@@ -85,8 +82,18 @@ def test_the_tuning_example_trains_an_adapter_that_the_inference_example_serves(
             f"velora-facts={EXAMPLES / 'data'}",
             "--volume",
             f"velora-adapter={adapter}",
+            *flags,
         ],
     )
+
+
+def test_the_tuning_example_trains_an_adapter_that_the_inference_example_serves(
+    tmp_path: Path, local_cache: Path
+) -> None:
+    adapter = tmp_path / "adapter"
+    config = yaml.safe_load((EXAMPLES / "velora-tuning.yaml").read_text())
+    steps = config["training_config"]["TrainingArguments"]["max_steps"]
+    result = run_tuning_example(adapter)
     assert result.exit_code == 0, result.output
     assert "tuning finished" in result.output
     assert (adapter / "adapter_model.safetensors").is_file()
@@ -201,19 +208,6 @@ def test_max_steps_on_the_command_line_reaches_the_trainer(
         raise ConfigError(f"stand-in trainer got max_steps={config.training['max_steps']}")
 
     monkeypatch.setattr(train, "run_tuning", stand_in)
-    result = runner.invoke(
-        app,
-        [
-            "run",
-            "-f",
-            str(EXAMPLES / "tuning-smollm2.yaml"),
-            "--volume",
-            f"velora-facts={EXAMPLES / 'data'}",
-            "--volume",
-            f"velora-adapter={tmp_path / 'adapter'}",
-            "--max-steps",
-            "3",
-        ],
-    )
+    result = run_tuning_example(tmp_path / "adapter", "--max-steps", "3")
     assert result.exit_code == 2, result.output
     assert "stand-in trainer got max_steps=3" in result.output
