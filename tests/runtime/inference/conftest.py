@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,18 @@ def shared_app(server: RunningServer, **changes: object) -> object:
     serving = InferenceServing(dataclasses.replace(server.serving.config, **changes))
     serving.engine = server.serving.engine
     return TestClient(build_app(serving, load_in_background=False))
+
+
+def wait_until_idle(engine: Any, timeout: float = 30) -> None:
+    """Wait (bounded) for the engine to drop its last sequence.
+
+    A reply is sent when its final token is streamed, a step before the worker drops the
+    sequence from the batch, so a test that follows another can find it still counted.
+    """
+    deadline = time.monotonic() + timeout
+    while (engine.num_running or engine.num_waiting) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert engine.num_running == 0 and engine.num_waiting == 0, "the engine stayed busy"
 
 
 def chat_ids(tokenizer: object, question: str) -> list[int]:

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from kaito.runtime.inference import RunningServer, ServerConfig
 from kaito.runtime.inference.router import build_app
 from kaito.runtime.inference.serving import InferenceServing
-from tests.runtime.inference.conftest import SERVED_NAME, shared_app
+from tests.runtime.inference.conftest import SERVED_NAME, shared_app, wait_until_idle
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -73,10 +73,7 @@ def test_a_disconnected_stream_frees_its_batch_slot(server: RunningServer) -> No
             if line.startswith("data: {"):
                 break
         assert engine.num_running == 1
-    deadline = time.monotonic() + 30
-    while engine.num_running and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert engine.num_running == 0
+    wait_until_idle(engine)
 
 
 def test_a_full_queue_answers_429_and_the_server_keeps_serving(server: RunningServer) -> None:
@@ -156,7 +153,8 @@ def test_requests_arriving_together_at_an_idle_engine_share_one_prefill(
     from tests.runtime.inference.conftest import chat_ids
 
     engine = server.serving.engine
-    assert engine is not None and engine.num_running == 0
+    assert engine is not None
+    wait_until_idle(engine)
     real_forward = engine._forward
     prefill_rows: list[int] = []
 

@@ -11,7 +11,7 @@ from types import ModuleType
 import pytest
 
 from kaito.runtime.inference import RunningServer
-from tests.runtime.inference.conftest import SERVED_NAME
+from tests.runtime.inference.conftest import SERVED_NAME, wait_until_idle
 
 LOAD_SCRIPT = Path(__file__).parents[3] / "bench" / "inference" / "load_test.py"
 
@@ -39,5 +39,5 @@ def test_two_thousand_requests_only_fail_with_429_and_memory_stays_flat(
     assert set(statuses) <= {"200", "429"}, statuses
     assert statuses.get("200", 0) > 0
     assert after - before < 64, f"RSS grew from {before:.0f} to {after:.0f} MiB"
-    engine = server.serving.engine
-    assert engine is not None and engine.num_waiting == 0 and engine.num_running == 0
+    # Nothing leaked: every sequence left the engine once its reply was sent.
+    wait_until_idle(server.serving.engine, timeout=10)
