@@ -25,6 +25,11 @@ from kaito.devcluster.images import (
 )
 from tests.support.registry import LocalRegistry, start_registry
 
+# The same port every session: buildah remembers which registry (host:port) holds each layer.
+# On a new port it gzips the runtime's 5 GB dependency layer again only to find it there
+# already (55 s per push after any change under src/; 0.1 s on a port it has pushed to).
+IMAGE_REGISTRY_PORT = int(os.environ.get("KAITO_TEST_REGISTRY_PORT") or 5002)
+
 
 def require_builder() -> Builder:
     """A Builder, or skip (fail under KAITO_REQUIRE_CLUSTER=1) where buildah is missing."""
@@ -50,7 +55,7 @@ def image_registry() -> Iterator[LocalRegistry]:
     storage = workdir / "storage"
     if not storage.is_symlink():
         storage.symlink_to(shared)
-    with start_registry(workdir) as registry:
+    with start_registry(workdir, port=IMAGE_REGISTRY_PORT) as registry:
         yield registry
 
 

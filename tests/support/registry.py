@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -78,6 +79,18 @@ def _htpasswd_line(username: str, password: str) -> str:
     return f"{username}:{hashed}"
 
 
+def port_is_free(address: str, port: int) -> bool:
+    """Whether nothing listens on `port`; a previous registry's closing connections do not
+    count (the registry, like every Go listener, binds with SO_REUSEADDR)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
 @contextlib.contextmanager
 def start_registry(
     workdir: Path,
@@ -86,15 +99,17 @@ def start_registry(
     password: str | None = None,
     address: str = "127.0.0.1",
     storage: Path | None = None,
+    port: int | None = None,
 ) -> Iterator[LocalRegistry]:
     """Run a registry with storage under `workdir` (or `storage`) until the block exits.
 
     `address` is where it listens: loopback, or the real node's bridge address for registries
-    that pods use from inside (tests never bind anything wider).
+    that pods use from inside (tests never bind anything wider). `port` is the one to prefer;
+    any free port when it is taken (or None).
     """
     binary = registry_binary()
     assert binary is not None
-    port = free_port(address)
+    port = port if port is not None and port_is_free(address, port) else free_port(address)
     storage = storage or workdir / "storage"
     storage.mkdir(parents=True, exist_ok=True)
     lines = [

@@ -36,3 +36,21 @@ def test_a_taken_candidate_is_skipped_and_a_full_pool_falls_back_to_any_port() -
         busy = taken.getsockname()[1]
         taken.listen()
         assert free_port(candidates=range(busy, busy + 1)) != busy
+
+
+def test_a_preferred_port_is_free_again_once_its_listener_closed_even_after_traffic() -> None:
+    from tests.support.registry import port_is_free
+
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", free_port()))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert not port_is_free("127.0.0.1", port)
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            served, _ = listener.accept()
+            served.close()  # the server closes first: its side of the connection is in TIME_WAIT
+            client.recv(1)
+    # The test image registry then gets the same port next session (buildah's layer cache is
+    # kept per registry address).
+    assert port_is_free("127.0.0.1", port)
