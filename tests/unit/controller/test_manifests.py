@@ -264,8 +264,12 @@ def test_probes_check_health_on_port_5000() -> None:
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert main[probe]["httpGet"]["path"] == "/health"
         assert main[probe]["httpGet"]["port"] == 5000
-    # 30 minutes at least, in 10 s periods.
-    assert main["startupProbe"]["failureThreshold"] >= 180
+    startup = main["startupProbe"]
+    # 30 minutes at least to load, noticed within 2 s once it has.
+    assert startup["periodSeconds"] == 2
+    assert startup["failureThreshold"] * startup["periodSeconds"] >= 30 * 60
+    # Readiness waits for the startup probe only, not a further fixed delay.
+    assert main["readinessProbe"]["initialDelaySeconds"] == 0
     assert main["ports"] == [{"name": "http", "containerPort": 5000, "protocol": "TCP"}]
 
 
