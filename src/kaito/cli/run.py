@@ -121,7 +121,7 @@ def serve_plan(
 ) -> None:
     """Start the inference server in the foreground until Ctrl-C or SIGTERM."""
     from kaito.local.run import (
-        model_path,
+        model_source,
         prepare_adapters,
         server_args,
         serving_engine,
@@ -131,8 +131,11 @@ def serve_plan(
     from kaito.runtime.inference.server import start_server
 
     engine = serving_engine(plan, model_dir)
-    weights = model_path(plan.preset, model_dir, engine)
+    # Adapters before the model: a bad adapter reference fails in the seconds its pull takes,
+    # not after the model's conversion.
+    weights_of = model_source(plan.preset, model_dir, engine)
     adapters = prepare_adapters(plan, console, docker_config)
+    weights = weights_of()
     with strength_environment(plan):
         config = parse_args(server_args(plan, weights, adapters, host, port, engine=engine))
         with console.status(f"loading {plan.preset.name}"):

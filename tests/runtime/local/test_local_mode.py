@@ -154,15 +154,11 @@ def test_an_unknown_preset_names_the_field(tmp_path: Path) -> None:
     assert "inference.preset.name" in result.output
 
 
-def test_an_unreachable_url_fails_and_leaves_no_adapter_behind(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local_cache: Path
-) -> None:
+@pytest.fixture
+def model_resolutions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The small model's resolutions (conversions on first use) in this test, by function."""
     from kaito.runtime import small_model
-    from kaito.runtime.tuning import inputs
 
-    # Every retry still happens; only the pauses between them (15.5 s in all) are shortened.
-    monkeypatch.setattr(inputs, "fetch_urls", functools.partial(inputs.fetch_urls, backoff_s=0.01))
-    # The inputs come first: a bad URL must fail before the model is converted or loaded.
     resolved: list[str] = []
 
     def recorded(name: str) -> Callable[[], Path]:
@@ -176,6 +172,19 @@ def test_an_unreachable_url_fails_and_leaves_no_adapter_behind(
 
     for name in ("small_model_path", "gguf_path"):
         monkeypatch.setattr(small_model, name, recorded(name))
+    return resolved
+
+
+def test_an_unreachable_url_fails_and_leaves_no_adapter_behind(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    local_cache: Path,
+    model_resolutions: list[str],
+) -> None:
+    from kaito.runtime.tuning import inputs
+
+    # Every retry still happens; only the pauses between them (15.5 s in all) are shortened.
+    monkeypatch.setattr(inputs, "fetch_urls", functools.partial(inputs.fetch_urls, backoff_s=0.01))
     text = (EXAMPLES / "tuning-smollm2.yaml").read_text()
     url = f"http://127.0.0.1:{closed_port()}/facts.jsonl"
     text = text.replace(
@@ -192,8 +201,28 @@ def test_an_unreachable_url_fails_and_leaves_no_adapter_behind(
     )
     assert result.exit_code == 2, result.output
     assert "tuning.input.urls" in result.output
-    assert resolved == []
+    # The inputs come first: a bad URL fails before the model is converted or loaded.
+    assert model_resolutions == []
     assert not (adapter / "fine_tuning_completed.txt").exists()
+
+
+def test_an_adapter_image_that_cannot_be_pulled_fails_before_the_model_loads(
+    tmp_path: Path, local_cache: Path, model_resolutions: list[str]
+) -> None:
+    text = (EXAMPLES / "inference-smollm2.yaml").read_text()
+    image = f"127.0.0.1:{closed_port()}/velora-adapter:1"
+    text = text.replace(
+        "        volumeSource:\n          persistentVolumeClaim:\n"
+        "            claimName: velora-adapter\n",
+        f"        image: {image}\n",
+    )
+    assert image in text
+    workspace = tmp_path / "inference.yaml"
+    workspace.write_text(text)
+    result = runner.invoke(app, ["run", "-f", str(workspace), "--port", str(closed_port())])
+    assert result.exit_code == 2, result.output
+    assert "adapter velora: pull failed" in result.output
+    assert model_resolutions == []
 
 
 def test_max_steps_on_the_command_line_reaches_the_trainer(
