@@ -130,6 +130,19 @@ def test_a_packed_model_can_be_deep_copied() -> None:
         torch.testing.assert_close(twin(ids), packed(ids))
 
 
+@pytest.mark.skipif(not native_bf16(), reason="this CPU has no native bf16")
+def test_a_deep_copy_of_a_bf16_model_shares_its_int8_copies() -> None:
+    model = TinyLM().to(torch.bfloat16)
+    pack_linear_layers(model)
+    twin = copy.deepcopy(model)
+    assert twin.up.int8_weight is model.up.int8_weight
+    assert twin.up.int8_scales is model.up.int8_scales
+    assert twin.up.weight is not model.up.weight  # the dense weights are the copy's own
+    rows = torch.randn(1, HIDDEN, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        torch.testing.assert_close(twin.up(rows), model.up(rows))
+
+
 def test_a_packed_model_still_trains_through_its_dense_weights() -> None:
     dense, packed = make_pair()
     ids = torch.randint(0, VOCAB, (4, 3))

@@ -689,7 +689,9 @@ def load_model(path: str | Path, dtype: str = "auto", **kwargs: Any) -> tuple[An
     started = time.monotonic()
     tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
     if dtype == "auto":
-        stored = getattr(AutoConfig.from_pretrained(str(path), **kwargs), "dtype", None)
+        # The config read here is handed on, so the model's load does not read it again.
+        kwargs = {**kwargs, "config": AutoConfig.from_pretrained(str(path), **kwargs)}
+        stored = getattr(kwargs["config"], "dtype", None)
         if isinstance(stored, str):
             stored = getattr(torch, stored, None)
         torch_dtype = serving_dtype(

@@ -70,11 +70,13 @@ class PackedLinear(torch.nn.Linear):  # type: ignore[misc]  # torch is untyped u
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
     def __deepcopy__(self, memo: dict[int, Any]) -> PackedLinear:
-        # oneDNN's opaque tensors cannot be copied; nothing writes them after packing, so copies
-        # share them.
+        # oneDNN's opaque tensors cannot be copied; nothing writes them or the int8 copy after
+        # packing, so copies share them (a copy then costs only the dense weights).
         clone = self.__class__.__new__(self.__class__)
         memo[id(self)] = clone
-        memo[id(self.packed_weight)] = self.packed_weight
+        for shared in (self.packed_weight, self.int8_weight, self.int8_scales):
+            if shared is not None:
+                memo[id(shared)] = shared
         for key, value in self.__dict__.items():
             clone.__dict__[key] = copy.deepcopy(value, memo)
         return clone
