@@ -26,6 +26,7 @@ from kaito.devcluster import ApiClient, ControlPlane, kaito_home, kubectl_path
 from kaito.devcluster.images import ImageRefs
 from kaito.devcluster.realnode import NODE_IP, NODE_LABEL, TOLERATION, RealNode
 from kaito.presets import get_preset
+from tests.conftest_cluster import release_kaito_objects
 from tests.support.images import image_builder, image_registry, kaito_images
 from tests.support.registry import LocalRegistry, start_registry
 from tests.unit.deploy.chart import CHART, require_helm, set_flags
@@ -203,6 +204,8 @@ def operator_release(
                     "metadata": {"name": WEBHOOK},
                 }
             )
+        # The operator is gone: Workspaces a test left would hold their namespace Terminating.
+        release_kaito_objects(api, release.workloads)
         for name in (release.workloads, release.namespace):
             api.delete({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
 
