@@ -114,7 +114,7 @@ def workspace_name_errors(ws: Workspace) -> list[FieldError]:
     name = ws.metadata.name
     if not name:
         return []
-    if not DNS1035_LABEL.match(name):
+    if not DNS1035_LABEL.fullmatch(name):
         return [
             FieldError(
                 "metadata.name",
@@ -135,7 +135,7 @@ def adapter_name_errors(ws: Workspace) -> list[FieldError]:
         if not name:
             continue
         field = f"inference.adapters[{index}].source.name"
-        if not DNS1123_LABEL.match(name):
+        if not DNS1123_LABEL.fullmatch(name):
             errors.append(
                 FieldError(
                     field,
@@ -151,14 +151,14 @@ def adapter_name_errors(ws: Workspace) -> list[FieldError]:
 def label_problem(key: str, value: str) -> str | None:
     """Why `key: value` cannot be a Kubernetes label, or None."""
     prefix, _, name = key.rpartition("/")
-    if prefix and (len(prefix) > 253 or not DNS1123_SUBDOMAIN.match(prefix)):
+    if prefix and (len(prefix) > 253 or not DNS1123_SUBDOMAIN.fullmatch(prefix)):
         return f"label key {key!r}: the prefix must be a DNS subdomain of at most 253 characters"
-    if not name or len(name) > LABEL_LIMIT or not LABEL_NAME.match(name):
+    if not name or len(name) > LABEL_LIMIT or not LABEL_NAME.fullmatch(name):
         return (
             f"label key {key!r}: the name must be at most {LABEL_LIMIT} letters, digits, '-', "
             "'_' or '.', starting and ending with a letter or digit"
         )
-    if value and (len(value) > LABEL_LIMIT or not LABEL_NAME.match(value)):
+    if value and (len(value) > LABEL_LIMIT or not LABEL_NAME.fullmatch(value)):
         return (
             f"label value {value!r} of {key!r}: at most {LABEL_LIMIT} letters, digits, '-', "
             "'_' or '.', starting and ending with a letter or digit"

@@ -50,9 +50,9 @@ def problems(obj: JSON) -> Iterator[str]:
     """Why the apiserver (or a controller creating pods from it) would refuse `obj`."""
     kind, meta = obj["kind"], obj["metadata"]
     name = meta["name"]
-    if kind == "Service" and not (len(name) <= 63 and DNS1035_LABEL.match(name)):
+    if kind == "Service" and not (len(name) <= 63 and DNS1035_LABEL.fullmatch(name)):
         yield f"Service name {name}"
-    if not (len(name) <= 253 and SUBDOMAIN.match(name)):
+    if not (len(name) <= 253 and SUBDOMAIN.fullmatch(name)):
         yield f"{kind} name {name}"
     template = (obj.get("spec") or {}).get("template") or {}
     labels = {
@@ -66,14 +66,14 @@ def problems(obj: JSON) -> Iterator[str]:
         labels["job-name"] = name
         labels["batch.kubernetes.io/job-name"] = name
     for key, value in labels.items():
-        if len(value) > 63 or not LABEL_VALUE.match(value):
+        if len(value) > 63 or not LABEL_VALUE.fullmatch(value):
             yield f"{kind} {name} label {key}={value}"
     pod = template.get("spec") or {}
     for container in [*pod.get("initContainers", []), *pod.get("containers", [])]:
-        if len(container["name"]) > 63 or not DNS1123_LABEL.match(container["name"]):
+        if len(container["name"]) > 63 or not DNS1123_LABEL.fullmatch(container["name"]):
             yield f"{kind} {name} container {container['name']}"
     for volume in pod.get("volumes", []):
-        if len(volume["name"]) > 63 or not DNS1123_LABEL.match(volume["name"]):
+        if len(volume["name"]) > 63 or not DNS1123_LABEL.fullmatch(volume["name"]):
             yield f"{kind} {name} volume {volume['name']}"
 
 
@@ -144,6 +144,13 @@ def test_a_leading_digit_is_refused_because_the_name_is_a_service_name() -> None
     assert errors_of(named(INFERENCE, "serve1")) == []
 
 
+@pytest.mark.parametrize("name", ["serve\n", "serve\r", "serve\n-x"])
+def test_a_line_break_in_the_name_is_refused(name: str) -> None:
+    # Python's `$` also matches before a final newline; the apiserver's rule does not.
+    (message,) = errors_of(named(INFERENCE, name))
+    assert "must start with a lowercase letter" in message
+
+
 def test_the_legacy_tuning_name_is_admitted() -> None:
     assert errors_of(named(TUNING, "workspace-tuning-phi-3")) == []
 
@@ -165,6 +172,7 @@ def test_adapter_names_at_their_limits_build_valid_containers_and_volumes() -> N
         ("a" * 32, True, "the maximum here is 31"),
         ("b" * 57, False, "the maximum here is 56"),
         ("lora.v2", False, "may contain only lowercase letters, digits and '-'"),
+        ("lora\n", False, "has the wrong format"),
     ],
 )
 def test_adapter_names_past_their_limits_are_refused(
@@ -185,6 +193,9 @@ def test_adapter_names_past_their_limits_are_refused(
         ({"app": "-bad"}, "label value"),
         ({"team/app!": "x"}, "label key"),
         ({"Bad_Prefix.io/app": "x"}, "prefix must be a DNS subdomain"),
+        ({"app": "x\n"}, "label value"),
+        ({"app\n": "x"}, "label key"),
+        ({"example.com\n/app": "x"}, "prefix must be a DNS subdomain"),
     ],
 )
 def test_selector_labels_must_be_kubernetes_labels(labels: dict[str, str], expected: str) -> None:

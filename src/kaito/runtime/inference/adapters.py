@@ -83,7 +83,7 @@ def validate(spec: AdapterSpec, base_model: Any, base_names: Iterable[str]) -> d
     Checks the adapter type, the base model it names, that every target module exists, and that
     every LoRA matrix has the declared rank and the shape of the layer it attaches to.
     """
-    if not NAME_PATTERN.match(spec.name):
+    if not NAME_PATTERN.fullmatch(spec.name):
         raise AdapterError(f"adapter name {spec.name!r} must match {NAME_PATTERN.pattern}")
     config_file = spec.path / ADAPTER_CONFIG
     if not config_file.is_file():

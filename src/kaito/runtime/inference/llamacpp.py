@@ -339,7 +339,7 @@ class LlamaCppEngine:
 
     def load_adapter(self, spec: AdapterSpec) -> None:
         """Convert the adapter to GGUF (cached) and, when serving, swap in a reloaded instance."""
-        if not NAME_PATTERN.match(spec.name):
+        if not NAME_PATTERN.fullmatch(spec.name):
             raise AdapterError(f"adapter name {spec.name!r} must match {NAME_PATTERN.pattern}")
         if spec.name in self.adapters:
             raise AdapterError(f"adapter {spec.name!r} is already loaded")

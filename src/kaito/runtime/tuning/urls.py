@@ -242,7 +242,7 @@ def check_url(
         name = host.encode("idna").decode("ascii").lower()
     except UnicodeError:
         raise BlockedURLError(f"{shown}: host is not a valid name") from None
-    if not _HOST_NAME.match(name):
+    if not _HOST_NAME.fullmatch(name):
         raise BlockedURLError(f"{shown}: host is not a valid name")
     trusted = allow.allows_name(name)
     bare = name.rstrip(".")
