@@ -154,6 +154,15 @@ def test_an_unknown_preset_names_the_field(tmp_path: Path) -> None:
     assert "inference.preset.name" in result.output
 
 
+def example_with(directory: Path, example: str, old: str, new: str) -> Path:
+    """A copy of an example Workspace in `directory` with one passage replaced."""
+    text = (EXAMPLES / example).read_text()
+    assert old in text, f"{example} no longer has the passage this test replaces"
+    path = directory / example
+    path.write_text(text.replace(old, new))
+    return path
+
+
 @pytest.fixture
 def model_resolutions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The small model's resolutions (conversions on first use) in this test, by function."""
@@ -185,15 +194,14 @@ def test_an_unreachable_url_fails_and_leaves_no_adapter_behind(
 
     # Every retry still happens; only the pauses between them (15.5 s in all) are shortened.
     monkeypatch.setattr(inputs, "fetch_urls", functools.partial(inputs.fetch_urls, backoff_s=0.01))
-    text = (EXAMPLES / "tuning-smollm2.yaml").read_text()
     url = f"http://127.0.0.1:{closed_port()}/facts.jsonl"
-    text = text.replace(
+    workspace = example_with(
+        tmp_path,
+        "tuning-smollm2.yaml",
         "    name: velora-facts\n    volumeSource:\n      persistentVolumeClaim:\n"
         "        claimName: velora-facts\n",
         f"    urls:\n      - {url}\n",
     )
-    workspace = tmp_path / "tuning.yaml"
-    workspace.write_text(text)
     (tmp_path / "velora-tuning.yaml").write_text((EXAMPLES / "velora-tuning.yaml").read_text())
     adapter = tmp_path / "adapter"
     result = runner.invoke(
@@ -209,16 +217,14 @@ def test_an_unreachable_url_fails_and_leaves_no_adapter_behind(
 def test_an_adapter_image_that_cannot_be_pulled_fails_before_the_model_loads(
     tmp_path: Path, local_cache: Path, model_resolutions: list[str]
 ) -> None:
-    text = (EXAMPLES / "inference-smollm2.yaml").read_text()
     image = f"127.0.0.1:{closed_port()}/velora-adapter:1"
-    text = text.replace(
+    workspace = example_with(
+        tmp_path,
+        "inference-smollm2.yaml",
         "        volumeSource:\n          persistentVolumeClaim:\n"
         "            claimName: velora-adapter\n",
         f"        image: {image}\n",
     )
-    assert image in text
-    workspace = tmp_path / "inference.yaml"
-    workspace.write_text(text)
     result = runner.invoke(app, ["run", "-f", str(workspace), "--port", str(closed_port())])
     assert result.exit_code == 2, result.output
     assert "adapter velora: pull failed" in result.output
