@@ -689,9 +689,10 @@ def load_model(path: str | Path, dtype: str = "auto", **kwargs: Any) -> tuple[An
     started = time.monotonic()
     tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
     if dtype == "auto":
-        # The config read here is handed on, so the model's load does not read it again.
-        kwargs = {**kwargs, "config": AutoConfig.from_pretrained(str(path), **kwargs)}
-        stored = getattr(kwargs["config"], "dtype", None)
+        config = AutoConfig.from_pretrained(str(path), **kwargs)
+        # Handed on, so the model's load does not read the config again.
+        kwargs = {**kwargs, "config": config}
+        stored = getattr(config, "dtype", None)
         if isinstance(stored, str):
             stored = getattr(torch, stored, None)
         torch_dtype = serving_dtype(
